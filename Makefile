@@ -1,0 +1,40 @@
+# deepclust developer commands. `make demo` and `make test` set up .venv themselves.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.deepclust-installed
+PYTEST_ARGS ?=
+# GPU machine: its provisioned python3 already has torch, triton, PyG and pytest.
+GPU_PYTHON ?= python3
+
+.PHONY: venv demo test test-gpu bench bench-gpu clean
+
+$(STAMP): pyproject.toml setup.py requirements-dev.txt $(wildcard csrc/*) $(wildcard kernels/*)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q -r requirements-dev.txt
+	$(PY) -m pip install -q --no-build-isolation -e '.[test]'
+	$(PY) -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/deepclust demo
+
+test: $(STAMP)
+	$(PY) -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
+
+# On the lent GPU machine: install nothing but the project, run the suite compiled on CUDA.
+test-gpu:
+	$(GPU_PYTHON) -m pip install -q -e . --no-deps --no-build-isolation
+	env -u TRITON_INTERPRET $(GPU_PYTHON) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) -m bench.run_all
+
+bench-gpu:
+	$(GPU_PYTHON) -m bench.run_all
+
+clean:
+	rm -rf $(VENV) build *.egg-info

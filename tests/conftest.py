@@ -1,0 +1,50 @@
+"""Test configuration.
+
+Without a GPU the Triton kernels run in Triton's CPU interpreter: ``TRITON_INTERPRET=1`` is set
+here, before anything imports triton, so the ``impl="triton"`` tests exercise the real kernels.
+"""
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+if not torch.cuda.is_available():
+    assert "triton" not in sys.modules, "triton was imported before TRITON_INTERPRET could be set"
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import pytest  # noqa: E402
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_ROOT = Path(os.environ.get("DEEPCLUST_DATA", REPO.parent / "shared" / "data"))
+HAS_CUDA = torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    skip_data = pytest.mark.skip(reason=f"data folder {DATA_ROOT} is absent")
+    for item in items:
+        if "gpu" in item.keywords and not HAS_CUDA:
+            item.add_marker(skip_gpu)
+        if "data" in item.keywords and not DATA_ROOT.is_dir():
+            item.add_marker(skip_data)
+
+
+@pytest.fixture
+def device():
+    """The device the op tests run on: CUDA when present, else the CPU (Triton interpreted)."""
+    return torch.device("cuda" if HAS_CUDA else "cpu")
+
+
+@pytest.fixture
+def data_root():
+    if not DATA_ROOT.is_dir():
+        pytest.skip(f"data folder {DATA_ROOT} is absent")
+    return DATA_ROOT
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

@@ -1,0 +1,66 @@
+"""Helpers shared by the tests: tolerances earned against float64, and multi-process runs."""
+from __future__ import annotations
+
+import os
+import tempfile
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+DTYPE_IDS = ["fp32", "fp16", "bf16"]
+# Slack on top of the reference's own error, per dtype: (atol, rtol of the max |truth|).
+MARGIN = {
+    torch.float64: (1e-10, 1e-10),
+    torch.float32: (1e-5, 1e-5),
+    torch.float16: (2e-3, 2e-3),
+    torch.bfloat16: (1e-2, 1e-2),
+}
+
+
+def max_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a.double() - b.double()).abs().max().item() if a.numel() else 0.0
+
+
+def assert_close_to_truth(out, ref, truth, dtype, name="output", factor=2.0):
+    """The fused result's error vs the float64 truth is at most ``factor`` x the reference's
+    error in the same dtype, plus a small margin (STYLE.md, habit 6)."""
+    assert out.shape == truth.shape, f"{name}: shape {tuple(out.shape)} != {tuple(truth.shape)}"
+    assert torch.isfinite(out).all(), f"{name}: non-finite values (unwritten or overflow)"
+    atol, rtol = MARGIN[dtype]
+    scale = truth.double().abs().max().item() if truth.numel() else 0.0
+    e_out = max_err(out, truth)
+    e_ref = max_err(ref, truth) if torch.isfinite(ref).all() else float("inf")
+    bound = factor * (e_ref if e_ref != float("inf") else 0.0) + atol + rtol * scale
+    assert e_out <= bound, (
+        f"{name}: error {e_out:.3e} vs float64 exceeds bound {bound:.3e} "
+        f"(reference error {e_ref:.3e}, dtype {dtype})"
+    )
+
+
+def _worker(rank, world_size, init_file, out_dir, fn, args):
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size
+    )
+    try:
+        result = fn(rank, world_size, *args)
+        torch.save(result, os.path.join(out_dir, f"{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def run_distributed(fn, *args, world_size: int = 2):
+    """Run ``fn(rank, world_size, *args)`` in ``world_size`` processes on gloo and return the
+    list of their results (each saved with ``torch.save``). ``fn`` must be a module-level
+    function of an importable module (a test module is)."""
+    with tempfile.TemporaryDirectory() as d:
+        mp.start_processes(
+            _worker,
+            args=(world_size, os.path.join(d, "init"), d, fn, args),
+            nprocs=world_size,
+            join=True,
+            start_method="spawn",
+        )
+        return [torch.load(os.path.join(d, f"{r}.pt"), weights_only=False) for r in range(world_size)]
