@@ -1,0 +1,1 @@
+"""Benchmarks of the fused ops against the references, torch.compile and peer libraries."""
