@@ -153,7 +153,7 @@ def _row(case: Case, device: str, res: dict) -> dict:
     tv, trv, commit = _versions()
     gbps = ""
     if case.bytes_moved and res.get("median_ms"):
-        gbps = f"{case.bytes_moved / (res['median_ms'] * 1e-3) / 1e9:.2f}"
+        gbps = f"{case.bytes_moved / (res['median_ms'] * 1e-3) / 1e9:.4g}"
     fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else ("" if v is None else v)  # noqa: E731
     return {
         "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
