@@ -30,8 +30,19 @@ test-gpu:
 	$(GPU_PYTHON) -m pip install -q -e . --no-deps --no-build-isolation
 	env -u TRITON_INTERPRET $(GPU_PYTHON) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
 
-bench: $(STAMP)
+# Peers for the benchmarks. pyagc's own requirements (ogb, pytorch-frame) are taken without
+# theirs so that pip cannot swap the CPU torch for a CUDA build; lightly needs torchvision,
+# which does not import beside the CPU torch, so its rows run only where torchvision exists.
+BENCH_STAMP := $(VENV)/.deepclust-bench
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install -q matplotlib pyyaml pandas six outdated pot
+	$(PY) -m pip install -q --no-deps pyagc ogb pytorch-frame
+	$(PY) -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
 	$(PY) -m bench.run_all
+	$(PY) -m bench.plot
 
 bench-gpu:
 	$(GPU_PYTHON) -m bench.run_all
