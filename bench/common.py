@@ -100,7 +100,25 @@ def _rss_mb() -> float:
 
 
 def _peak_rss_mb() -> float:
+    """Peak RSS (MB): VmHWM, which :func:`_reset_peak_rss` can lower, else ru_maxrss."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:  # pragma: no cover - non-Linux
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kB
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark to the current RSS (Linux >= 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:  # pragma: no cover - not permitted / non-Linux
+        return False
 
 
 def time_cpu(fn: Callable, *, warmup: int = 1, rep: int = 5, max_seconds: float = 20.0):
@@ -142,7 +160,9 @@ def measure(case: Case, device: str, *, rep: int = 5) -> dict:
         med, p20, p80 = time_cuda(fn)
     else:
         fn = case.make(device)
+        fn()  # warm-up: lazy imports, dispatcher and allocator set-up are not the op's memory
         base = _rss_mb()
+        _reset_peak_rss()
         fn()
         peak = max(0.0, _peak_rss_mb() - base)
         med, p20, p80 = time_cpu(fn, warmup=0, rep=rep)
@@ -182,13 +202,18 @@ def read_rows(path: Path) -> list:
         return list(csv.DictReader(f))
 
 
-def _run_isolated(script: str, key: str, device: str, rep: int, timeout: float) -> dict:
-    """Run one case in a fresh interpreter so its peak RSS is its own."""
+def _run_isolated(script: str, key: str, device: str, rep: int, timeout: float,
+                  quick: bool = False) -> dict:
+    """Run one case in a fresh interpreter so its peak RSS is its own. The child builds the
+    same case list (``quick`` included) and measures the case with this key."""
     cmd = [sys.executable, "-m", f"bench.{script}", "--one", key, "--device", device,
-           "--rep", str(rep)]
+           "--rep", str(rep)] + (["--quick"] if quick else [])
     root = Path(__file__).resolve().parents[1]
+    # A fixed mmap threshold turns off glibc's dynamic threshold, so large buffers are mapped
+    # and unmapped per allocation and the RSS after the warm-up call is the inputs' alone.
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
     try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=root)
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=root, env=env)
     except subprocess.TimeoutExpired:
         return {"status": "timeout"}
     for line in reversed(p.stdout.splitlines()):
@@ -216,7 +241,10 @@ def main(name: str, cases: Callable[[argparse.Namespace], Iterable[Case]], argv=
 
     all_cases = list(cases(args))
     if args.one is not None:  # child process of _run_isolated
-        case = next(c for c in all_cases if c.key == args.one)
+        case = next((c for c in all_cases if c.key == args.one), None)
+        if case is None:
+            print("RESULT " + json.dumps({"status": f"error: no case {args.one}"}), flush=True)
+            return []
         try:
             res = measure(case, args.device, rep=args.rep)
         except Exception as exc:  # noqa: BLE001 - reported as a row
@@ -250,7 +278,8 @@ def main(name: str, cases: Callable[[argparse.Namespace], Iterable[Case]], argv=
                     if args.device.startswith("cuda"):
                         torch.cuda.empty_cache()
             else:
-                res = _run_isolated(name, case.key, args.device, args.rep, args.timeout)
+                res = _run_isolated(name, case.key, args.device, args.rep, args.timeout,
+                                    quick=args.quick)
                 if res["status"].startswith("error: ImportError") or res["status"].startswith(
                     "error: ModuleNotFoundError"
                 ):
