@@ -1,0 +1,752 @@
+"""Fused DEC ops: Student's t soft assignment, target distribution, KL loss, hard assignment.
+
+The Triton path never materialises the ``N x K`` matrices on the loss path: distances come from
+``tl.dot`` tiles (``||z||^2 + ||mu||^2 - 2 z mu^T``, clamped at 0), each row block sweeps the
+``K`` tiles with an online logsumexp, and the loss kernel forms the gradients of ``z`` and
+``centers`` in the forward pass (``P`` is a constant), so the backward only scales them.
+Extra memory is ``O(N + K d)``: the row logsumexp, the column sums ``f`` and an fp32 ``K x d``
+accumulator for the centre gradient (plus an fp32 ``N x d`` buffer for the ``z`` gradient when
+``d > 256``, where it cannot stay in registers).
+
+``log q`` is computed as ``s - logsumexp(s)`` with ``s = -(alpha+1)/2 * log1p(d/alpha)``, so far
+away points give finite losses and gradients where the reference's ``q.log()`` underflows.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .._utils import (
+    HAS_TRITON,
+    check_positive,
+    check_same_device,
+    check_tensor,
+    next_pow2,
+    resolve_impl,
+)
+
+__all__ = ["soft_assign", "target_distribution", "dec_loss", "hard_assign"]
+
+# Precision of the fp32 tl.dot tiles: "tf32x3" is close to fp32 and much faster than "ieee" on
+# tensor-core GPUs. All dots take fp32 tiles (16-bit inputs are upcast on load).
+_DOT_PRECISION = "tf32x3"
+# Tests set this to fill every kernel output with NaN before the kernel writes it.
+_POISON_OUTPUTS = False
+# Largest padded feature dimension kept in registers as one tile.
+_SINGLE_D_MAX = 256
+# Rows per chunk of the torch path, as a budget of chunk x K elements.
+_TORCH_CHUNK_ELEMS = 1 << 24
+
+if HAS_TRITON:
+    import triton
+    import triton.language as tl
+
+    # ------------------------------------------------------------------------- Triton kernels
+    @triton.jit
+    def _log1p(x):
+        # accurate log(1 + x) from log: log(u) * x / (u - 1) with u = 1 + x (Goldberg)
+        u = 1.0 + x
+        den = tl.where(u == 1.0, 1.0, u - 1.0)
+        return tl.where(u == 1.0, x, tl.log(u) * (x / den))
+
+    @triton.jit
+    def _row_sqnorm(z_ptr, rows, rmask, D, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+        zz = tl.zeros([BLOCK_N], dtype=tl.float32)
+        for d0 in range(0, D, BLOCK_D):
+            offs_d = d0 + tl.arange(0, BLOCK_D)
+            zt = tl.load(
+                z_ptr + rows[:, None] * D + offs_d[None, :],
+                mask=rmask[:, None] & (offs_d[None, :] < D),
+                other=0.0,
+            ).to(tl.float32)
+            zz += tl.sum(zt * zt, axis=1)
+        return zz
+
+    @triton.jit
+    def _sqdist_tile(
+        z_ptr, mu_ptr, rows, rmask, cols, cmask, zz, D,
+        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+        PREC: tl.constexpr,
+    ):
+        acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+        mm = tl.zeros([BLOCK_K], dtype=tl.float32)
+        for d0 in range(0, D, BLOCK_D):
+            offs_d = d0 + tl.arange(0, BLOCK_D)
+            dmask = offs_d < D
+            zt = tl.load(
+                z_ptr + rows[:, None] * D + offs_d[None, :],
+                mask=rmask[:, None] & dmask[None, :],
+                other=0.0,
+            ).to(tl.float32)
+            mt = tl.load(
+                mu_ptr + cols[:, None] * D + offs_d[None, :],
+                mask=cmask[:, None] & dmask[None, :],
+                other=0.0,
+            ).to(tl.float32)
+            acc += tl.dot(zt, tl.trans(mt), input_precision=PREC)
+            mm += tl.sum(mt * mt, axis=1)
+        return tl.maximum(zz[:, None] + mm[None, :] - 2.0 * acc, 0.0)
+
+    @triton.jit
+    def _dec_rows_kernel(
+        z_ptr, mu_ptr, lse_ptr, out_ptr,
+        N, K, D, coef, inv_alpha, nprog,
+        MODE: tl.constexpr,  # 0: row logsumexp; 1: + column sums of q; 2: + write q
+        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+        PREC: tl.constexpr,
+    ):
+        pid = tl.program_id(0)
+        num_rb = tl.cdiv(N, BLOCK_N)
+        for rb in range(pid, num_rb, nprog):
+            rows = (rb * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
+            rmask = rows < N
+            zz = _row_sqnorm(z_ptr, rows, rmask, D, BLOCK_N, BLOCK_D)
+            m = tl.full([BLOCK_N], float("-inf"), dtype=tl.float32)
+            l = tl.zeros([BLOCK_N], dtype=tl.float32)
+            for k0 in range(0, K, BLOCK_K):
+                cols = (k0 + tl.arange(0, BLOCK_K)).to(tl.int64)
+                cmask = cols < K
+                dist = _sqdist_tile(z_ptr, mu_ptr, rows, rmask, cols, cmask, zz, D,
+                                    BLOCK_N, BLOCK_K, BLOCK_D, PREC)
+                s = tl.where(cmask[None, :], coef * _log1p(dist * inv_alpha), float("-inf"))
+                m_new = tl.maximum(m, tl.max(s, axis=1))
+                l = l * tl.exp(m - m_new) + tl.sum(tl.exp(s - m_new[:, None]), axis=1)
+                m = m_new
+            lse = m + tl.log(l)
+            tl.store(lse_ptr + rows, lse, mask=rmask)
+            if MODE > 0:
+                for k0 in range(0, K, BLOCK_K):
+                    cols = (k0 + tl.arange(0, BLOCK_K)).to(tl.int64)
+                    cmask = cols < K
+                    dist = _sqdist_tile(z_ptr, mu_ptr, rows, rmask, cols, cmask, zz, D,
+                                        BLOCK_N, BLOCK_K, BLOCK_D, PREC)
+                    s = coef * _log1p(dist * inv_alpha)
+                    valid = rmask[:, None] & cmask[None, :]
+                    q = tl.exp(tl.where(valid, s - lse[:, None], float("-inf")))
+                    if MODE == 1:
+                        tl.atomic_add(out_ptr + cols, tl.sum(q, axis=0), mask=cmask)
+                    else:
+                        tl.store(out_ptr + rows[:, None] * K + cols[None, :],
+                                 q.to(out_ptr.dtype.element_ty), mask=valid)
+
+    @triton.jit
+    def _dec_loss_kernel(
+        z_ptr, mu_ptr, tgt_ptr, lse_ptr, f_ptr, dz_ptr, dmu_ptr, loss_ptr,
+        N, K, D, coef, inv_alpha, grad_scale, nprog,
+        HAS_TARGET: tl.constexpr, NEED_DZ: tl.constexpr, NEED_DMU: tl.constexpr,
+        SINGLE_D: tl.constexpr, ONE_TILE: tl.constexpr,
+        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+        PREC: tl.constexpr,
+    ):
+        pid = tl.program_id(0)
+        num_rb = tl.cdiv(N, BLOCK_N)
+        loss_rows = tl.zeros([BLOCK_N], dtype=tl.float32)
+        acc_dmu = tl.zeros([BLOCK_K, BLOCK_D], dtype=tl.float32)  # used when ONE_TILE
+        for rb in range(pid, num_rb, nprog):
+            rows = (rb * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
+            rmask = rows < N
+            zz = _row_sqnorm(z_ptr, rows, rmask, D, BLOCK_N, BLOCK_D)
+            # ---- sweep A: the row statistics of P
+            r = tl.zeros([BLOCK_N], dtype=tl.float32)      # sum_j p_ij (cached target)
+            ssum = tl.full([BLOCK_N], 1.0, dtype=tl.float32)  # sum_j q_ij^2 / f_j
+            if HAS_TARGET:
+                m = tl.full([BLOCK_N], float("-inf"), dtype=tl.float32)
+                l = tl.zeros([BLOCK_N], dtype=tl.float32)
+                for k0 in range(0, K, BLOCK_K):
+                    cols = (k0 + tl.arange(0, BLOCK_K)).to(tl.int64)
+                    cmask = cols < K
+                    dist = _sqdist_tile(z_ptr, mu_ptr, rows, rmask, cols, cmask, zz, D,
+                                        BLOCK_N, BLOCK_K, BLOCK_D, PREC)
+                    s = tl.where(cmask[None, :], coef * _log1p(dist * inv_alpha), float("-inf"))
+                    m_new = tl.maximum(m, tl.max(s, axis=1))
+                    l = l * tl.exp(m - m_new) + tl.sum(tl.exp(s - m_new[:, None]), axis=1)
+                    m = m_new
+                    p = tl.load(tgt_ptr + rows[:, None] * K + cols[None, :],
+                                mask=rmask[:, None] & cmask[None, :], other=0.0).to(tl.float32)
+                    r += tl.sum(p, axis=1)
+                lse = m + tl.log(l)
+            else:
+                lse = tl.load(lse_ptr + rows, mask=rmask, other=0.0)
+                ssum = tl.zeros([BLOCK_N], dtype=tl.float32)
+                for k0 in range(0, K, BLOCK_K):
+                    cols = (k0 + tl.arange(0, BLOCK_K)).to(tl.int64)
+                    cmask = cols < K
+                    dist = _sqdist_tile(z_ptr, mu_ptr, rows, rmask, cols, cmask, zz, D,
+                                        BLOCK_N, BLOCK_K, BLOCK_D, PREC)
+                    q = tl.exp(tl.where(cmask[None, :],
+                                        coef * _log1p(dist * inv_alpha) - lse[:, None],
+                                        float("-inf")))
+                    fj = tl.load(f_ptr + cols, mask=cmask, other=1.0)
+                    fj = tl.where(fj > 0.0, fj, 1.0)
+                    t = tl.where(q > 0.0, q * (q / fj[None, :]), 0.0)
+                    ssum += tl.sum(t, axis=1)
+                ssum = tl.where(rmask, ssum, 1.0)
+            log_s = tl.log(ssum)
+            inv_s = 1.0 / ssum
+            # ---- sweep B: loss and gradients
+            gsum = tl.zeros([BLOCK_N], dtype=tl.float32)
+            dz_acc = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)  # used when SINGLE_D
+            for k0 in range(0, K, BLOCK_K):
+                cols = (k0 + tl.arange(0, BLOCK_K)).to(tl.int64)
+                cmask = cols < K
+                valid = rmask[:, None] & cmask[None, :]
+                dist = _sqdist_tile(z_ptr, mu_ptr, rows, rmask, cols, cmask, zz, D,
+                                    BLOCK_N, BLOCK_K, BLOCK_D, PREC)
+                x = dist * inv_alpha
+                logq = tl.where(valid, coef * _log1p(x) - lse[:, None], float("-inf"))
+                q = tl.exp(logq)
+                logq = tl.where(valid, logq, 0.0)  # padding: finite, its terms are masked
+                w = 1.0 / (1.0 + x)
+                if HAS_TARGET:
+                    p = tl.load(tgt_ptr + rows[:, None] * K + cols[None, :],
+                                mask=valid, other=0.0).to(tl.float32)
+                    safe_p = tl.where(p > 0.0, p, 1.0)
+                    term = tl.where(p > 0.0, p * (tl.log(safe_p) - logq), 0.0)
+                    g = grad_scale * w * (p - r[:, None] * q)
+                else:
+                    fj = tl.load(f_ptr + cols, mask=cmask, other=1.0)
+                    safe_f = tl.where(fj > 0.0, fj, 1.0)
+                    p = tl.where(q > 0.0, q * (q / safe_f[None, :]), 0.0) * inv_s[:, None]
+                    term = tl.where(p > 0.0,
+                                    p * (logq - tl.log(safe_f)[None, :] - log_s[:, None]), 0.0)
+                    g = grad_scale * w * (p - q)
+                term = tl.where(valid, term, 0.0)
+                g = tl.where(valid, g, 0.0)
+                loss_rows += tl.sum(term, axis=1)
+                if NEED_DZ:
+                    gsum += tl.sum(g, axis=1)
+                if NEED_DZ or NEED_DMU:
+                    gcol = tl.sum(g, axis=0)
+                    for d0 in range(0, D, BLOCK_D):
+                        offs_d = d0 + tl.arange(0, BLOCK_D)
+                        dmask = offs_d < D
+                        mt = tl.load(mu_ptr + cols[:, None] * D + offs_d[None, :],
+                                     mask=cmask[:, None] & dmask[None, :], other=0.0).to(tl.float32)
+                        if NEED_DZ:
+                            part = tl.dot(g, mt, input_precision=PREC)
+                            if SINGLE_D:
+                                dz_acc += part
+                            else:
+                                dz_ptrs = dz_ptr + rows[:, None] * D + offs_d[None, :]
+                                zmask = rmask[:, None] & dmask[None, :]
+                                cur = tl.load(dz_ptrs, mask=zmask, other=0.0)
+                                tl.store(dz_ptrs, cur - 2.0 * part, mask=zmask)
+                        if NEED_DMU:
+                            zt = tl.load(z_ptr + rows[:, None] * D + offs_d[None, :],
+                                         mask=rmask[:, None] & dmask[None, :],
+                                         other=0.0).to(tl.float32)
+                            pm = 2.0 * gcol[:, None] * mt - 2.0 * tl.dot(
+                                tl.trans(g), zt, input_precision=PREC)
+                            if ONE_TILE:
+                                acc_dmu += pm
+                            else:
+                                tl.atomic_add(dmu_ptr + cols[:, None] * D + offs_d[None, :], pm,
+                                              mask=cmask[:, None] & dmask[None, :])
+            if NEED_DZ:
+                # dL/dz_i = 2 (z_i sum_j g_ij - sum_j g_ij mu_j)
+                for d0 in range(0, D, BLOCK_D):
+                    offs_d = d0 + tl.arange(0, BLOCK_D)
+                    zmask = rmask[:, None] & (offs_d[None, :] < D)
+                    zt = tl.load(z_ptr + rows[:, None] * D + offs_d[None, :],
+                                 mask=zmask, other=0.0).to(tl.float32)
+                    dz_ptrs = dz_ptr + rows[:, None] * D + offs_d[None, :]
+                    if SINGLE_D:
+                        res = 2.0 * (zt * gsum[:, None] - dz_acc)
+                    else:
+                        res = tl.load(dz_ptrs, mask=zmask, other=0.0) + 2.0 * zt * gsum[:, None]
+                    tl.store(dz_ptrs, res.to(dz_ptr.dtype.element_ty), mask=zmask)
+        if NEED_DMU and ONE_TILE:
+            offs_k = tl.arange(0, BLOCK_K)
+            offs_d = tl.arange(0, BLOCK_D)
+            tl.atomic_add(dmu_ptr + offs_k[:, None] * D + offs_d[None, :], acc_dmu,
+                          mask=(offs_k[:, None] < K) & (offs_d[None, :] < D))
+        tl.store(loss_ptr + pid, tl.sum(loss_rows, axis=0))
+
+    @triton.jit
+    def _hard_assign_kernel(
+        z_ptr, mu_ptr, out_ptr, N, K, D, nprog,
+        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+        PREC: tl.constexpr,
+    ):
+        pid = tl.program_id(0)
+        num_rb = tl.cdiv(N, BLOCK_N)
+        for rb in range(pid, num_rb, nprog):
+            rows = (rb * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
+            rmask = rows < N
+            zz = _row_sqnorm(z_ptr, rows, rmask, D, BLOCK_N, BLOCK_D)
+            best = tl.full([BLOCK_N], float("inf"), dtype=tl.float32)
+            best_idx = tl.zeros([BLOCK_N], dtype=tl.int32)
+            for k0 in range(0, K, BLOCK_K):
+                cols = (k0 + tl.arange(0, BLOCK_K)).to(tl.int64)
+                cmask = cols < K
+                dist = _sqdist_tile(z_ptr, mu_ptr, rows, rmask, cols, cmask, zz, D,
+                                    BLOCK_N, BLOCK_K, BLOCK_D, PREC)
+                dist = tl.where(cmask[None, :], dist, float("inf"))
+                tile_min = tl.min(dist, axis=1)
+                tile_arg = tl.argmin(dist, axis=1).to(tl.int32) + k0
+                upd = tile_min < best
+                best = tl.where(upd, tile_min, best)
+                best_idx = tl.where(upd, tile_arg, best_idx)
+            tl.store(out_ptr + rows, best_idx.to(tl.int64), mask=rmask)
+
+    @triton.jit
+    def _colsum_kernel(q_ptr, f_ptr, N, K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        rows = (tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
+        rmask = rows < N
+        for k0 in range(0, K, BLOCK_K):
+            cols = (k0 + tl.arange(0, BLOCK_K)).to(tl.int64)
+            cmask = cols < K
+            q = tl.load(q_ptr + rows[:, None] * K + cols[None, :],
+                        mask=rmask[:, None] & cmask[None, :], other=0.0).to(tl.float32)
+            tl.atomic_add(f_ptr + cols, tl.sum(q, axis=0), mask=cmask)
+
+    @triton.jit
+    def _target_kernel(q_ptr, f_ptr, p_ptr, N, K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        rows = (tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
+        rmask = rows < N
+        ssum = tl.zeros([BLOCK_N], dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            cols = (k0 + tl.arange(0, BLOCK_K)).to(tl.int64)
+            cmask = cols < K
+            q = tl.load(q_ptr + rows[:, None] * K + cols[None, :],
+                        mask=rmask[:, None] & cmask[None, :], other=0.0).to(tl.float32)
+            fj = tl.load(f_ptr + cols, mask=cmask, other=1.0)
+            fj = tl.where(fj > 0.0, fj, 1.0)
+            ssum += tl.sum(tl.where(q > 0.0, q * (q / fj[None, :]), 0.0), axis=1)
+        inv = 1.0 / tl.where(rmask, ssum, 1.0)
+        for k0 in range(0, K, BLOCK_K):
+            cols = (k0 + tl.arange(0, BLOCK_K)).to(tl.int64)
+            cmask = cols < K
+            valid = rmask[:, None] & cmask[None, :]
+            q = tl.load(q_ptr + rows[:, None] * K + cols[None, :],
+                        mask=valid, other=0.0).to(tl.float32)
+            fj = tl.load(f_ptr + cols, mask=cmask, other=1.0)
+            fj = tl.where(fj > 0.0, fj, 1.0)
+            p = tl.where(q > 0.0, q * (q / fj[None, :]), 0.0) * inv[:, None]
+            tl.store(p_ptr + rows[:, None] * K + cols[None, :],
+                     p.to(p_ptr.dtype.element_ty), mask=valid)
+
+
+# ----------------------------------------------------------------------------- launchers
+def _new_output(shape, dtype, device, fill=0.0, zero=False):
+    if _POISON_OUTPUTS:
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    if zero:
+        return torch.zeros(shape, dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _blocks(K: int, D: int):
+    d_pad = max(16, next_pow2(D))
+    single_d = d_pad <= _SINGLE_D_MAX
+    block_d = d_pad if single_d else 64
+    block_k = max(16, min(64 if block_d <= 128 else 32, next_pow2(K)))
+    block_n = 64 if block_d <= 64 else 32
+    return block_n, block_k, block_d, single_d
+
+
+def _num_programs(num_rb: int, device: torch.device) -> int:
+    if device.type == "cuda":
+        sms = torch.cuda.get_device_properties(device).multi_processor_count
+        return max(1, min(num_rb, 8 * sms))
+    return max(1, min(num_rb, 3))  # interpreter: a few programs, each looping over row blocks
+
+
+def _launch_rows(z: Tensor, mu: Tensor, alpha: float, mode: int, out_dtype=None):
+    n, d = z.shape
+    k = mu.shape[0]
+    block_n, block_k, block_d, _ = _blocks(k, d)
+    num_rb = triton.cdiv(n, block_n)
+    nprog = _num_programs(num_rb, z.device)
+    lse = _new_output((n,), torch.float32, z.device)
+    if mode == 1:
+        out = torch.zeros(k, dtype=torch.float32, device=z.device)
+    elif mode == 2:
+        out = _new_output((n, k), out_dtype, z.device)
+    else:
+        out = lse
+    _dec_rows_kernel[(nprog,)](
+        z, mu, lse, out, n, k, d, -(alpha + 1.0) / 2.0, 1.0 / alpha, nprog,
+        MODE=mode, BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_D=block_d, PREC=_DOT_PRECISION,
+    )
+    return lse, out
+
+
+def _dec_loss_triton(z, mu, target, alpha, need_dz, need_dmu):
+    z = z.contiguous()
+    mu = mu.contiguous()
+    n, d = z.shape
+    k = mu.shape[0]
+    block_n, block_k, block_d, single_d = _blocks(k, d)
+    num_rb = triton.cdiv(n, block_n)
+    nprog = _num_programs(num_rb, z.device)
+    if target is None:
+        lse, f = _launch_rows(z, mu, alpha, mode=1)
+        tgt = lse  # unused pointer
+    else:
+        tgt = target.contiguous()
+        lse = f = torch.empty(1, dtype=torch.float32, device=z.device)  # unused pointers
+    if need_dz:
+        dz = _new_output((n, d), z.dtype, z.device) if single_d else torch.zeros(
+            n, d, dtype=torch.float32, device=z.device)
+    else:
+        dz = torch.empty(1, dtype=z.dtype, device=z.device)
+    dmu = torch.zeros(k if need_dmu else 1, d, dtype=torch.float32, device=z.device)
+    loss_part = _new_output((nprog,), torch.float32, z.device)
+    _dec_loss_kernel[(nprog,)](
+        z, mu, tgt, lse, f, dz, dmu, loss_part,
+        n, k, d, -(alpha + 1.0) / 2.0, 1.0 / alpha, (alpha + 1.0) / (2.0 * alpha * n), nprog,
+        HAS_TARGET=target is not None, NEED_DZ=need_dz, NEED_DMU=need_dmu,
+        SINGLE_D=single_d, ONE_TILE=single_d and k <= block_k,
+        BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_D=block_d, PREC=_DOT_PRECISION,
+    )
+    loss = (loss_part.sum() / n).to(z.dtype)
+    dz = dz.to(z.dtype) if need_dz else z.new_empty(0, d)
+    dmu = dmu.to(mu.dtype) if need_dmu else mu.new_empty(0, d)
+    return loss, dz, dmu
+
+
+def _hard_assign_triton(z: Tensor, mu: Tensor) -> Tensor:
+    z = z.contiguous()
+    mu = mu.contiguous()
+    n, d = z.shape
+    k = mu.shape[0]
+    block_n, block_k, block_d, _ = _blocks(k, d)
+    if block_d > 64:  # no gradient accumulators here: smaller feature tiles loop instead
+        block_d = 64
+    num_rb = triton.cdiv(n, block_n)
+    nprog = _num_programs(num_rb, z.device)
+    out = torch.full((n,), -1, dtype=torch.int64, device=z.device)
+    _hard_assign_kernel[(nprog,)](
+        z, mu, out, n, k, d, nprog,
+        BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_D=block_d, PREC=_DOT_PRECISION,
+    )
+    return out
+
+
+def _target_distribution_triton(q: Tensor) -> Tensor:
+    q = q.contiguous()
+    n, k = q.shape
+    block_n, block_k = 32, max(16, min(128, next_pow2(k)))
+    grid = (triton.cdiv(n, block_n),)
+    f = torch.zeros(k, dtype=torch.float32, device=q.device)
+    _colsum_kernel[grid](q, f, n, k, BLOCK_N=block_n, BLOCK_K=block_k)
+    p = _new_output((n, k), q.dtype, q.device)
+    _target_kernel[grid](q, f, p, n, k, BLOCK_N=block_n, BLOCK_K=block_k)
+    return p
+
+
+# ----------------------------------------------------------------------------- torch path
+def _ct(*tensors: Tensor) -> torch.dtype:
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def _sqdist(zc: Tensor, zz: Tensor, mu: Tensor, mm: Tensor) -> Tensor:
+    return torch.addmm(zz[:, None] + mm[None, :], zc, mu.t(), alpha=-2.0).clamp_min_(0.0)
+
+
+def _chunks(n: int, k: int):
+    step = max(1, _TORCH_CHUNK_ELEMS // max(k, 1))
+    return [(i, min(n, i + step)) for i in range(0, n, step)]
+
+
+def _log_q(zc, zz, mu, mm, alpha):
+    dist = _sqdist(zc, zz, mu, mm)
+    s = torch.log1p(dist / alpha).mul_(-(alpha + 1.0) / 2.0)
+    return torch.log_softmax(s, dim=1), dist
+
+
+def _dec_loss_torch(z, mu, target, alpha, need_dz, need_dmu):
+    ct = _ct(z, mu)
+    zf, mf = z.detach().to(ct), mu.detach().to(ct)
+    n, d = zf.shape
+    k = mf.shape[0]
+    zz, mm = (zf * zf).sum(1), (mf * mf).sum(1)
+    chunks = _chunks(n, k)
+    if target is None:
+        f = torch.zeros(k, dtype=ct, device=z.device)
+        for a, b in chunks:
+            f += _log_q(zf[a:b], zz[a:b], mf, mm, alpha)[0].exp().sum(0)
+        log_f = f.log()
+    scale = (alpha + 1.0) / (2.0 * alpha * n)
+    loss = torch.zeros((), dtype=ct, device=z.device)
+    dz = torch.empty(n, d, dtype=ct, device=z.device) if need_dz else None
+    dmu = torch.zeros(k, d, dtype=ct, device=z.device) if need_dmu else None
+    for a, b in chunks:
+        zc = zf[a:b]
+        logq, dist = _log_q(zc, zz[a:b], mf, mm, alpha)
+        q = logq.exp()
+        if target is None:
+            log_t = torch.where(q > 0, 2.0 * logq - log_f, float("-inf"))
+            log_p = log_t - torch.logsumexp(log_t, dim=1, keepdim=True)
+            p = log_p.exp()
+            term = torch.where(p > 0, p * (log_p - logq), 0.0)
+            diff = p - q
+        else:
+            p = target[a:b].detach().to(ct)
+            term = torch.special.xlogy(p, p) - p * logq
+            diff = p - p.sum(1, keepdim=True) * q
+        loss += term.sum()
+        g = diff.mul_(scale / (1.0 + dist / alpha))
+        if need_dz:
+            dz[a:b] = 2.0 * (zc * g.sum(1, keepdim=True) - g @ mf)
+        if need_dmu:
+            dmu += 2.0 * (g.sum(0)[:, None] * mf - g.t() @ zc)
+    loss = (loss / n).to(z.dtype)
+    dz = dz.to(z.dtype) if need_dz else z.new_empty(0, d)
+    dmu = dmu.to(mu.dtype) if need_dmu else mu.new_empty(0, d)
+    return loss, dz, dmu
+
+
+def _soft_assign_torch(z: Tensor, mu: Tensor, alpha: float) -> Tensor:
+    ct = _ct(z, mu)
+    zf, mf = z.to(ct), mu.to(ct)
+    dist = torch.addmm((zf * zf).sum(1)[:, None] + (mf * mf).sum(1)[None, :], zf, mf.t(),
+                       alpha=-2.0).clamp_min(0.0)
+    s = torch.log1p(dist / alpha) * (-(alpha + 1.0) / 2.0)
+    return torch.softmax(s, dim=1).to(z.dtype)
+
+
+def _target_distribution_torch(q: Tensor) -> Tensor:
+    qf = q.detach().to(_ct(q))
+    f = qf.sum(0, keepdim=True)
+    t = torch.where(qf > 0, qf * (qf / torch.where(f > 0, f, 1.0)), 0.0)
+    return (t / t.sum(1, keepdim=True)).to(q.dtype)
+
+
+def _hard_assign_torch(z: Tensor, mu: Tensor) -> Tensor:
+    ct = _ct(z, mu)
+    zf, mf = z.detach().to(ct), mu.detach().to(ct)
+    zz, mm = (zf * zf).sum(1), (mf * mf).sum(1)
+    out = torch.empty(zf.shape[0], dtype=torch.int64, device=z.device)
+    for a, b in _chunks(zf.shape[0], mf.shape[0]):
+        out[a:b] = _sqdist(zf[a:b], zz[a:b], mf, mm).argmin(1)
+    return out
+
+
+# ----------------------------------------------------------------------------- autograd
+@torch.library.custom_op("deepclust::dec_loss", mutates_args=())
+def _dec_loss_op(
+    z: Tensor,
+    centers: Tensor,
+    target: Optional[Tensor],
+    alpha: float,
+    impl: str,
+    need_dz: bool,
+    need_dmu: bool,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """KL(P||Q) and its gradients w.r.t. z and centers (P constant), formed in one go."""
+    fn = _dec_loss_triton if impl == "triton" else _dec_loss_torch
+    return fn(z, centers, target, alpha, need_dz, need_dmu)
+
+
+@_dec_loss_op.register_fake
+def _(z, centers, target, alpha, impl, need_dz, need_dmu):
+    n, d = z.shape
+    k = centers.shape[0]
+    return (
+        z.new_empty(()),
+        z.new_empty(n if need_dz else 0, d),
+        centers.new_empty(k if need_dmu else 0, d),
+    )
+
+
+def _dec_loss_setup(ctx, inputs, output):
+    _, dz, dmu = output
+    ctx.need_dz, ctx.need_dmu = inputs[5], inputs[6]
+    ctx.mark_non_differentiable(dz, dmu)
+    ctx.save_for_backward(dz, dmu)
+
+
+def _dec_loss_backward(ctx, grad_loss, _grad_dz, _grad_dmu):
+    dz, dmu = ctx.saved_tensors
+    gz = dz * grad_loss.to(dz.dtype) if ctx.need_dz else None
+    gmu = dmu * grad_loss.to(dmu.dtype) if ctx.need_dmu else None
+    return gz, gmu, None, None, None, None, None
+
+
+_dec_loss_op.register_autograd(_dec_loss_backward, setup_context=_dec_loss_setup)
+
+
+class _SoftAssignTriton(torch.autograd.Function):
+    """Triton forward (writes Q); closed-form torch backward through the Student's t kernel."""
+
+    @staticmethod
+    def forward(ctx, z, centers, alpha):
+        q = _launch_rows(z.contiguous(), centers.contiguous(), alpha, mode=2, out_dtype=z.dtype)[1]
+        ctx.save_for_backward(z, centers, q)
+        ctx.alpha = alpha
+        return q
+
+    @staticmethod
+    def backward(ctx, grad_q):
+        z, mu, q = ctx.saved_tensors
+        alpha = ctx.alpha
+        ct = _ct(z, mu)
+        zf, mf, qf, gq = z.to(ct), mu.to(ct), q.to(ct), grad_q.to(ct)
+        dist = _sqdist(zf, (zf * zf).sum(1), mf, (mf * mf).sum(1))
+        # dL/ds = q (g - <g, q>); ds/dd = -(alpha+1)/(2 alpha) / (1 + d/alpha)
+        g = qf * (gq - (gq * qf).sum(1, keepdim=True))
+        g = g * (-(alpha + 1.0) / (2.0 * alpha) / (1.0 + dist / alpha))
+        gz = gmu = None
+        if ctx.needs_input_grad[0]:
+            gz = (2.0 * (zf * g.sum(1, keepdim=True) - g @ mf)).to(z.dtype)
+        if ctx.needs_input_grad[1]:
+            gmu = (2.0 * (g.sum(0)[:, None] * mf - g.t() @ zf)).to(mu.dtype)
+        return gz, gmu, None
+
+
+# ----------------------------------------------------------------------------- public API
+def _check_z_centers(z, centers):
+    check_tensor(z, "z", ndim=2)
+    check_tensor(centers, "centers", ndim=2)
+    if z.shape[1] != centers.shape[1]:
+        raise ValueError(
+            f"z and centers must have the same feature dimension, got z {tuple(z.shape)} "
+            f"and centers {tuple(centers.shape)}"
+        )
+    check_same_device(z=z, centers=centers)
+
+
+def _resolve(impl: str, *tensors: Tensor) -> str:
+    path = resolve_impl(impl, *tensors)
+    if path == "triton" and any(t.dtype == torch.float64 for t in tensors):
+        if impl == "auto":
+            return "torch"
+        raise TypeError("impl='triton' takes float32/float16/bfloat16 tensors, got float64 "
+                        "(use impl='torch' for float64)")
+    return path
+
+
+def soft_assign(
+    z: Tensor, centers: Tensor, alpha: float = 1.0, *, impl: str = "auto"
+) -> Tensor:
+    r"""Student's t soft assignment of DEC, computed stably as a softmax.
+
+    .. math::
+        q_{ij} = \operatorname{softmax}_j\Big(-\tfrac{\alpha+1}{2}
+                 \log\big(1 + \|z_i - \mu_j\|^2 / \alpha\big)\Big)
+
+    which equals the normalised kernel
+    :math:`(1 + \|z_i-\mu_j\|^2/\alpha)^{-(\alpha+1)/2} / \sum_{j'}(\cdot)` without
+    underflowing for far-away points.
+
+    Args:
+        z: embeddings ``(N, d)``, float32/float16/bfloat16 (float64 on the torch path).
+        centers: cluster centres ``(K, d)`` on the device of ``z``.
+        alpha: Student's t degrees of freedom, ``> 0`` (default 1).
+        impl: ``"auto"`` (Triton on CUDA, else torch), ``"triton"`` or ``"torch"``.
+
+    Returns:
+        ``q`` of shape ``(N, K)`` in the dtype of ``z``, differentiable in ``z`` and ``centers``.
+
+    Reference: Xie, Girshick, Farhadi, "Unsupervised Deep Embedding for Clustering Analysis",
+    ICML 2016, eq. (1).
+    """
+    _check_z_centers(z, centers)
+    alpha = check_positive(alpha, "alpha")
+    if _resolve(impl, z, centers) == "triton":
+        return _SoftAssignTriton.apply(z, centers, alpha)
+    return _soft_assign_torch(z, centers, alpha)
+
+
+def target_distribution(q: Tensor, *, impl: str = "auto") -> Tensor:
+    r"""DEC's target distribution, detached.
+
+    .. math::
+        f_j = \sum_i q_{ij}, \qquad
+        p_{ij} = \frac{q_{ij}^2 / f_j}{\sum_{j'} q_{ij'}^2 / f_{j'}}
+
+    A column with ``f_j = 0`` (all its ``q`` underflowed) contributes ``p_{ij} = 0``, the limit.
+
+    Args:
+        q: soft assignment ``(N, K)``.
+        impl: ``"auto"``, ``"triton"`` or ``"torch"``.
+
+    Returns:
+        ``p`` of shape ``(N, K)`` in the dtype of ``q``, without gradient.
+
+    Reference: Xie et al., ICML 2016, eq. (3).
+    """
+    check_tensor(q, "q", ndim=2)
+    with torch.no_grad():
+        if _resolve(impl, q) == "triton":
+            return _target_distribution_triton(q.detach())
+        return _target_distribution_torch(q)
+
+
+def dec_loss(
+    z: Tensor,
+    centers: Tensor,
+    alpha: float = 1.0,
+    target: Optional[Tensor] = None,
+    *,
+    impl: str = "auto",
+) -> Tensor:
+    r"""DEC clustering loss ``KL(P || Q)`` with batch mean, fused.
+
+    .. math::
+        L = \frac{1}{N}\sum_{i,j} p_{ij}\,(\log p_{ij} - \log q_{ij}),\qquad
+        \log q_{ij} = s_{ij} - \operatorname{logsumexp}_{j'} s_{ij'},\quad
+        s_{ij} = -\tfrac{\alpha+1}{2}\log\big(1 + \|z_i-\mu_j\|^2/\alpha\big)
+
+    ``P`` is a constant. Its gradient, formed in the forward pass, is
+    :math:`\partial L/\partial d_{ij} = \frac{\alpha+1}{2\alpha N}\,
+    \frac{p_{ij} - r_i q_{ij}}{1 + d_{ij}/\alpha}` with :math:`r_i = \sum_j p_{ij}` and
+    :math:`d_{ij} = \|z_i-\mu_j\|^2`. With ``target=None`` the Triton path runs two passes
+    (column sums ``f``, then loss and gradients); with a cached target it runs one. Neither
+    writes ``Q`` or ``P`` to memory.
+
+    Args:
+        z: embeddings ``(N, d)``, float32/float16/bfloat16 (float64 on the torch path).
+        centers: cluster centres ``(K, d)`` on the device of ``z``.
+        alpha: Student's t degrees of freedom, ``> 0`` (default 1).
+        target: optional cached target ``P`` of shape ``(N, K)`` (a constant); ``None``
+            (default) computes ``P`` from this batch's ``Q``.
+        impl: ``"auto"`` (Triton on CUDA, else torch), ``"triton"`` or ``"torch"``.
+
+    Returns:
+        A scalar in the dtype of ``z``, differentiable in ``z`` and ``centers``.
+
+    Reference: Xie et al., ICML 2016, eqs. (1)-(3); PyAGC's ``DECClusterHead``.
+    """
+    _check_z_centers(z, centers)
+    alpha = check_positive(alpha, "alpha")
+    n, k = z.shape[0], centers.shape[0]
+    if target is not None:
+        check_tensor(target, "target", ndim=2)
+        if tuple(target.shape) != (n, k):
+            raise ValueError(
+                f"target must have shape (N, K) = ({n}, {k}), got {tuple(target.shape)}"
+            )
+        check_same_device(z=z, target=target)
+        target = target.detach()
+    path = _resolve(impl, z, centers)
+    grad = torch.is_grad_enabled()
+    need_dz = grad and z.requires_grad
+    need_dmu = grad and centers.requires_grad
+    loss, _, _ = _dec_loss_op(z, centers, target, alpha, path, need_dz, need_dmu)
+    return loss
+
+
+def hard_assign(z: Tensor, centers: Tensor, *, impl: str = "auto") -> Tensor:
+    r"""Hard labels ``argmin_j ||z_i - mu_j||^2`` without an ``N x K`` matrix on the Triton path.
+
+    Args:
+        z: embeddings ``(N, d)``.
+        centers: cluster centres ``(K, d)``.
+        impl: ``"auto"``, ``"triton"`` or ``"torch"``.
+
+    Returns:
+        ``int64`` labels of shape ``(N,)``; ties go to the lowest index.
+
+    Reference: Xie et al., ICML 2016.
+    """
+    _check_z_centers(z, centers)
+    with torch.no_grad():
+        if _resolve(impl, z, centers) == "triton":
+            return _hard_assign_triton(z.detach(), centers.detach())
+        return _hard_assign_torch(z, centers)
