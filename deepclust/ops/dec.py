@@ -466,24 +466,38 @@ def _dec_loss_torch(z, mu, target, alpha, need_dz, need_dmu):
     k = mf.shape[0]
     zz, mm = (zf * zf).sum(1), (mf * mf).sum(1)
     chunks = _chunks(n, k)
+    # One chunk: keep pass 1's tiles for pass 2 (bounded by _TORCH_CHUNK_ELEMS elements).
+    keep = len(chunks) == 1
+    kept = None
     if target is None:
         f = torch.zeros(k, dtype=ct, device=z.device)
         for a, b in chunks:
-            f += _log_q(zf[a:b], zz[a:b], mf, mm, alpha)[0].exp().sum(0)
-        log_f = f.log()
+            logq, dist = _log_q(zf[a:b], zz[a:b], mf, mm, alpha)
+            q = logq.exp()
+            f += q.sum(0)
+            if keep:
+                kept = (logq, dist, q)
+        # A column whose mass underflowed has q = 0 in every row: its p is 0 (the limit).
+        f_safe = torch.where(f > 0, f, torch.ones_like(f))
+        log_f = f_safe.log()
     scale = (alpha + 1.0) / (2.0 * alpha * n)
     loss = torch.zeros((), dtype=ct, device=z.device)
     dz = torch.empty(n, d, dtype=ct, device=z.device) if need_dz else None
     dmu = torch.zeros(k, d, dtype=ct, device=z.device) if need_dmu else None
     for a, b in chunks:
         zc = zf[a:b]
-        logq, dist = _log_q(zc, zz[a:b], mf, mm, alpha)
-        q = logq.exp()
+        if kept is not None:
+            logq, dist, q = kept
+        else:
+            logq, dist = _log_q(zc, zz[a:b], mf, mm, alpha)
+            q = logq.exp()
         if target is None:
-            log_t = torch.where(q > 0, 2.0 * logq - log_f, float("-inf"))
-            log_p = log_t - torch.logsumexp(log_t, dim=1, keepdim=True)
-            p = log_p.exp()
-            term = torch.where(p > 0, p * (log_p - logq), 0.0)
+            # p in the linear domain: every row's largest q is >= 1/K, so its q^2/f cannot
+            # underflow, and the smaller entries that do are p = 0 in the limit.
+            t = q * q / f_safe
+            rs = t.sum(1, keepdim=True)
+            p = t / rs
+            term = p * (logq - log_f - rs.log())
             diff = p - q
         else:
             p = target[a:b].detach().to(ct)

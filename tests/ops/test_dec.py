@@ -94,6 +94,19 @@ def test_dec_loss_float64_torch_path():
         torch.testing.assert_close(o, w, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("cached", [False, True], ids=["batch_target", "cached_target"])
+def test_dec_loss_torch_path_in_row_chunks(monkeypatch, cached):
+    """Batches larger than one chunk take the two-pass chunked torch path."""
+    monkeypatch.setattr(ops_dec, "_TORCH_CHUNK_ELEMS", 64)  # 64 // K = 12 rows per chunk
+    z, mu = _inputs(SMALL, torch.float64, "cpu")
+    tgt = _cached_target(SMALL[0], SMALL[1], torch.float64, "cpu") if cached else None
+    assert len(ops_dec._chunks(SMALL[0], SMALL[1])) > 1
+    out = _loss_and_grads(dec_loss, z, mu, alpha=0.5, target=tgt, impl="torch")
+    want = _loss_and_grads(ref.dec_loss, z, mu, alpha=0.5, target=tgt)
+    for o, w in zip(out, want):
+        torch.testing.assert_close(o, w, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("impl", IMPLS)
 def test_dec_loss_partial_grads_and_no_grad(impl, device):
     z, mu = _inputs(SMALL, torch.float32, device)
