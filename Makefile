@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 # GPU machine: its provisioned python3 already has torch, triton, PyG and pytest.
 GPU_PYTHON ?= python3
 
-.PHONY: venv demo test test-gpu bench bench-gpu clean
+.PHONY: venv demo test test-gpu bench bench-gpu ctest clean
 
 $(STAMP): pyproject.toml setup.py requirements-dev.txt $(wildcard csrc/*) $(wildcard kernels/*)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,12 @@ bench: $(BENCH_STAMP)
 
 bench-gpu:
 	$(GPU_PYTHON) -m bench.run_all
+
+# C++ unit tests of the extension's CPU kernels, built with CMake against the venv's libtorch.
+ctest: $(STAMP)
+	cmake -S . -B build/cmake -DCMAKE_PREFIX_PATH=$$($(PY) -c 'import torch;print(torch.utils.cmake_prefix_path)')
+	cmake --build build/cmake -j2
+	ctest --test-dir build/cmake --output-on-failure
 
 clean:
 	rm -rf $(VENV) build *.egg-info

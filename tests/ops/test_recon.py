@@ -1,0 +1,254 @@
+"""Compiled negative sampler and fused reconstruction loss (deepclust._C) vs the reference.
+
+Every test runs on both paths ("cpp" needs the extension and is skipped with a reason when it is
+not built; "torch" is the reference fallback)."""
+import warnings
+
+import pytest
+import torch
+
+from deepclust.ops import negative_sampling, recon_loss
+from deepclust.ops import recon as recon_mod
+from deepclust.reference import recon_loss as ref_recon_loss
+from tests.helpers import DTYPE_IDS, DTYPES, assert_close_to_truth
+from tests.reference.test_recon import (
+    _check_loss_bad_input,
+    _check_sampler_bad_input,
+    _check_sampler_dense,
+    _check_sampler_properties,
+    _check_sampler_uniform,
+    _edge_set,
+    _random_graph,
+    _seed_recon_loss,
+    _truth,
+)
+
+NEEDS_EXT = pytest.mark.skipif(
+    not recon_mod.HAS_EXTENSION, reason="the C++ extension deepclust._C is not built"
+)
+IMPLS = [pytest.param("cpp", marks=NEEDS_EXT), "torch"]
+
+
+def _sampler(impl):
+    def sample(ei, n, s, gen):
+        return negative_sampling(ei, n, s, generator=gen, impl=impl)
+
+    return sample
+
+
+def _inputs(n, d, e_pos, e_neg, seed=0, dtype=torch.float32, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, d, generator=g, dtype=torch.float64)
+    pos = torch.randint(0, n, (2, e_pos), generator=g)
+    neg = torch.randint(0, n, (2, e_neg), generator=g)
+    return z.to(device=device, dtype=dtype), pos.to(device), neg.to(device)
+
+
+# ----------------------------------------------------------------------------- loss values
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("shape", [(37, 19, 101, 57), (5, 130, 7, 3), (300, 64, 2000, 2000)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_float64_matches_seed_formula_and_grad(impl, shape):
+    n, d, ep, en = shape
+    z, pos, neg = _inputs(n, d, ep, en, dtype=torch.float64)
+    z = (0.3 * z).requires_grad_()  # keep |s| < 30 so the seed's formula is exact
+    out = recon_loss(z, pos, neg, impl=impl)
+    (gz,) = torch.autograd.grad(out, z)
+    zs = z.detach().clone().requires_grad_()
+    seed = _seed_recon_loss(zs, pos, neg)
+    seed.backward()
+    torch.testing.assert_close(out, seed, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(gz, zs.grad, rtol=1e-8, atol=1e-12)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_dtypes_close_to_truth(impl, dtype):
+    z, pos, neg = _inputs(53, 23, 211, 97, seed=1, dtype=dtype)
+    z.requires_grad_()
+    out = recon_loss(z, pos, neg, impl=impl)
+    assert out.dtype == dtype
+    (g_out,) = torch.autograd.grad(out, z)
+    zr = z.detach().clone().requires_grad_()
+    ref = ref_recon_loss(zr, pos, neg)
+    (g_ref,) = torch.autograd.grad(ref, zr)
+    z64 = z.detach().double().requires_grad_()
+    truth = _truth(z64, pos, neg)
+    (g_truth,) = torch.autograd.grad(truth, z64)
+    assert_close_to_truth(out, ref, truth, dtype, name="loss")
+    assert g_out.dtype == dtype
+    assert_close_to_truth(g_out, g_ref, g_truth, dtype, name="dz")
+
+
+@NEEDS_EXT
+def test_large_scores_finite_and_unsaturated():
+    z = torch.tensor([[10.0, 0.0], [-10.0, 0.0], [0.0, 1.0]], requires_grad=True)
+    pos = torch.tensor([[0], [1]])
+    neg = torch.tensor([[0, 2], [0, 2]])  # self pairs are allowed in the loss (s = 100, 1)
+    out = recon_loss(z, pos, neg, impl="cpp")
+    out.backward()
+    zr = z.detach().clone().requires_grad_()
+    ref = ref_recon_loss(zr, pos, neg)
+    ref.backward()
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(z.grad, zr.grad)
+    assert z.grad[0].abs().max() > 1.0
+
+
+@NEEDS_EXT
+def test_noncontiguous_inputs():
+    z, pos, neg = _inputs(41, 30, 77, 66, seed=2, dtype=torch.float64)
+    zt = z.t().contiguous().t().requires_grad_()  # column-major
+    pos_nc = torch.stack([pos, pos], 2)[:, :, 0]  # strided columns
+    out = recon_loss(zt, pos_nc, neg, impl="cpp")
+    torch.testing.assert_close(out, _truth(z, pos, neg), rtol=1e-12, atol=1e-12)
+    (g,) = torch.autograd.grad(out, zt)
+    (gt,) = torch.autograd.grad(_truth(z.requires_grad_(), pos, neg), z)
+    torch.testing.assert_close(g, gt, rtol=1e-10, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- torch.library
+@NEEDS_EXT
+def test_gradcheck_cpp_float64():
+    z, pos, neg = _inputs(13, 6, 31, 19, seed=3, dtype=torch.float64)
+    z.requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: torch.ops.deepclust.recon_loss_fwd(t, pos, neg), (z,))
+
+
+@NEEDS_EXT
+def test_opcheck():
+    z, pos, neg = _inputs(17, 9, 23, 29, seed=4)
+    torch.library.opcheck(torch.ops.deepclust.recon_loss_fwd, (z.requires_grad_(), pos, neg))
+    torch.library.opcheck(torch.ops.deepclust.recon_loss_fwd, (z.detach().double(), pos, neg))
+    torch.library.opcheck(
+        torch.ops.deepclust.recon_loss_bwd, (torch.tensor(1.5), z.detach(), pos, neg)
+    )
+    torch.library.opcheck(torch.ops.deepclust.negative_sampling, (pos, 17, 40, 123))
+
+
+@NEEDS_EXT
+def test_torch_compile():
+    z, pos, neg = _inputs(31, 12, 50, 50, seed=5)
+
+    def fn(z, pos, neg):
+        return recon_loss(z.tanh(), pos, neg, impl="cpp") * 2.0
+
+    compiled = torch.compile(fn, backend="aot_eager", fullgraph=True)
+    z1 = z.clone().requires_grad_()
+    z2 = z.clone().requires_grad_()
+    out_c = compiled(z1, pos, neg)
+    out_e = fn(z2, pos, neg)
+    out_c.backward()
+    out_e.backward()
+    torch.testing.assert_close(out_c, out_e)
+    torch.testing.assert_close(z1.grad, z2.grad)
+
+
+# ----------------------------------------------------------------------------- sampler
+@pytest.mark.parametrize("impl", IMPLS)
+def test_sampler_properties(impl):
+    _check_sampler_properties(_sampler(impl))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_sampler_uniform(impl):
+    _check_sampler_uniform(_sampler(impl))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_sampler_dense_and_complete(impl):
+    _check_sampler_dense(_sampler(impl))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_sampler_bad_input(impl):
+    _check_sampler_bad_input(lambda *a, **k: negative_sampling(*a, **k, impl=impl))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_loss_bad_input(impl):
+    _check_loss_bad_input(lambda *a, **k: recon_loss(*a, **k, impl=impl))
+
+
+@NEEDS_EXT
+def test_sampler_seed_and_threads_deterministic():
+    ei = _random_graph(500, 4000, seed=6)
+    a = torch.ops.deepclust.negative_sampling(ei, 500, 20000, 77)
+    n_threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        b = torch.ops.deepclust.negative_sampling(ei, 500, 20000, 77)
+    finally:
+        torch.set_num_threads(n_threads)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, torch.ops.deepclust.negative_sampling(ei, 500, 20000, 78))
+    assert not (_edge_set(a) & _edge_set(ei))
+
+
+@NEEDS_EXT
+def test_sampler_bigger_graph_no_edges_hit():
+    ei = _random_graph(2000, 30000, seed=8)
+    ei = torch.cat([ei, ei.flip(0)], 1)
+    out = negative_sampling(ei, 2000, generator=torch.Generator().manual_seed(0), impl="cpp")
+    assert out.shape == ei.shape
+    keys = ei[0] * 2000 + ei[1]
+    hit = torch.isin(out[0] * 2000 + out[1], keys)
+    assert not hit.any() and (out[0] != out[1]).all()
+    # roughly uniform source degree: every node drawn as source about S / N = 30 times
+    counts = torch.bincount(out[0], minlength=2000).double()
+    assert abs(counts.mean().item() - out.shape[1] / 2000) < 1e-9
+    assert counts.std().item() < 3 * (out.shape[1] / 2000) ** 0.5
+
+
+@NEEDS_EXT
+def test_recon_loss_default_negatives_reproducible():
+    z, pos, _ = _inputs(60, 8, 150, 1, seed=9)
+    a = recon_loss(z, pos, generator=torch.Generator().manual_seed(5), impl="cpp")
+    b = recon_loss(z, pos, generator=torch.Generator().manual_seed(5), impl="cpp")
+    assert a.item() == b.item()
+    neg = negative_sampling(pos, 60, 150, generator=torch.Generator().manual_seed(5), impl="cpp")
+    assert a.item() == recon_loss(z, pos, neg, impl="cpp").item()
+
+
+@pytest.mark.gpu
+@NEEDS_EXT
+def test_cuda_matches_cpu():
+    z, pos, neg = _inputs(301, 70, 1500, 900, seed=10, dtype=torch.float64)
+    zc = z.cuda().requires_grad_()
+    z = z.requires_grad_()
+    out_c = recon_loss(zc, pos.cuda(), neg.cuda(), impl="cpp")
+    out = recon_loss(z, pos, neg, impl="cpp")
+    torch.testing.assert_close(out_c.cpu(), out, rtol=1e-10, atol=1e-12)
+    out_c.backward()
+    out.backward()
+    torch.testing.assert_close(zc.grad.cpu(), z.grad, rtol=1e-10, atol=1e-12)
+    for dtype in DTYPES:
+        o = recon_loss(zc.detach().to(dtype), pos.cuda(), neg.cuda(), impl="cpp")
+        assert o.dtype == dtype and torch.isfinite(o)
+    # the counter-based sampler draws the same pairs on both devices
+    ei = _random_graph(400, 3000, seed=11)
+    a = torch.ops.deepclust.negative_sampling(ei, 400, 5000, 99)
+    b = torch.ops.deepclust.negative_sampling(ei.cuda(), 400, 5000, 99)
+    assert torch.equal(a, b.cpu())
+    # errors on bad input
+    with pytest.raises(ValueError, match="pos_edge_index"):
+        recon_loss(zc, torch.tensor([[0], [301]], device="cuda"), neg.cuda(), impl="cpp")
+
+
+# ----------------------------------------------------------------------------- fallback
+def test_impl_validation_and_fallback(monkeypatch):
+    z, pos, neg = _inputs(9, 4, 10, 10, seed=12)
+    with pytest.raises(ValueError, match="impl"):
+        recon_loss(z, pos, neg, impl="nope")
+    monkeypatch.setattr(recon_mod, "HAS_EXTENSION", False)
+    monkeypatch.setattr(recon_mod, "_warned", False)
+    with pytest.raises(RuntimeError, match="compiled op"):
+        recon_loss(z, pos, neg, impl="cpp")
+    with pytest.warns(RuntimeWarning, match="reference"):
+        out = recon_loss(z, pos, neg)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once only
+        out2 = recon_loss(z, pos, neg)
+        negative_sampling(pos, 9)
+    torch.testing.assert_close(out, ref_recon_loss(z, pos, neg))
+    torch.testing.assert_close(out2, out)
