@@ -9,9 +9,9 @@ _EXPORTS = {
     "dec_loss": "dec",
     "hard_assign": "dec",
     # Sinkhorn-Knopp and SwAV's swapped prediction
-    "sinkhorn": "sinkhorn",
-    "sinkhorn_from_embeddings": "sinkhorn",
-    "swav_loss": "sinkhorn",
+    "sinkhorn": "swav",
+    "sinkhorn_from_embeddings": "swav",
+    "swav_loss": "swav",
     # contrastive log-softmax without the N x N matrix
     "instance_contrastive_loss": "contrastive",
     "cluster_contrastive_loss": "contrastive",

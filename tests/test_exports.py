@@ -1,0 +1,34 @@
+"""The public surface: every exported name resolves, ops and references stay twins."""
+import importlib
+import inspect
+import types
+
+import pytest
+
+import deepclust.ops as ops
+import deepclust.reference as reference
+import deepclust.nn as dnn
+import deepclust.models as models
+
+
+@pytest.mark.parametrize("pkg", [ops, reference, dnn, models], ids=lambda p: p.__name__)
+def test_every_export_resolves_to_an_object_not_a_module(pkg):
+    # import every module first: a submodule named like a function would shadow it
+    for mod in set(pkg._EXPORTS.values()):
+        importlib.import_module(f"{pkg.__name__}.{mod}")
+    for name in pkg.__all__:
+        obj = getattr(pkg, name)
+        assert not isinstance(obj, types.ModuleType), f"{pkg.__name__}.{name} is a module"
+        assert callable(obj), f"{pkg.__name__}.{name}"
+
+
+@pytest.mark.parametrize("name", ops.__all__)
+def test_fused_op_has_a_reference_twin_with_the_same_signature(name):
+    fused, ref = getattr(ops, name), getattr(reference, name)
+    assert ops._EXPORTS[name] == reference._EXPORTS[name], "ops/ and reference/ mirror each other"
+    fp = {k: v for k, v in inspect.signature(fused).parameters.items() if k != "impl"}
+    rp = dict(inspect.signature(ref).parameters)
+    assert list(fp) == list(rp), f"{name}: {list(fp)} vs {list(rp)}"
+    for k in rp:
+        assert fp[k].default == rp[k].default, f"{name}({k}=...) defaults differ"
+    assert inspect.getdoc(fused) and inspect.getdoc(ref)
