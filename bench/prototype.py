@@ -1,0 +1,49 @@
+"""Benchmark: fused prototype cross-entropy vs the eager reference and compile(reference).
+
+Forward + backward of ``prototype_cross_entropy(x, prototypes, target, phi)`` with int64
+targets and per-prototype temperatures (PCL's ProtoNCE shape), d = 128.
+"""
+import torch
+
+from bench.common import Case, main
+
+
+def cases(args):
+    from deepclust.ops import prototype_cross_entropy as fused
+    from deepclust.reference import prototype_cross_entropy as ref
+
+    sizes = [(64, 32)] if args.quick else [(4096, 3000), (4096, 16384), (65536, 3000), (65536, 16384)]
+    compiled = {}
+    providers = {
+        "deepclust-triton": lambda *a: fused(*a, impl="triton"),
+        "deepclust-torch": lambda *a: fused(*a, impl="torch"),
+        "reference": ref,
+        "compile(reference)": None,
+    }
+    d = 128
+    for N, K in sizes:
+        for provider, fn in providers.items():
+            for mode in ("fwd", "full"):
+                def make(device, N=N, K=K, provider=provider, fn=fn, mode=mode):
+                    if fn is None:
+                        fn = compiled.setdefault("ref", torch.compile(ref))
+                    x = torch.nn.functional.normalize(torch.randn(N, d, device=device), dim=1)
+                    x.requires_grad_(mode == "full")
+                    c = torch.nn.functional.normalize(torch.randn(K, d, device=device), dim=1)
+                    c.requires_grad_(mode == "full")
+                    t = torch.randint(0, K, (N,), device=device)
+                    phi = 0.1 + 0.2 * torch.rand(K, device=device)
+
+                    def run():
+                        loss = fn(x, c, t, phi)
+                        if mode == "full":
+                            loss.backward()
+                    return run
+
+                yield Case(op="prototype_cross_entropy", provider=provider, mode=mode,
+                           sizes=dict(N=N, K=K, d=d), dtype="float32", make=make,
+                           bytes_moved=4 * (N * d + K * d + K) + 8 * N)
+
+
+if __name__ == "__main__":
+    main("prototype", cases)

@@ -1,0 +1,204 @@
+"""Prototype cross-entropy: reference behaviour, fused op vs reference on every path/dtype."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from deepclust.ops import prototype_cross_entropy as op
+from deepclust.reference import prototype_cross_entropy as ref
+from tests.helpers import DTYPE_IDS, DTYPES, assert_close_to_truth
+
+IMPLS = ["torch", "triton"]
+
+
+# ---------------------------------------------------------------- reference
+def test_reference_hand_values():
+    x = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    c = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    # logits / 0.5: row 0 [2, 0], row 1 [0, 4]
+    hard = ref(x, c, torch.tensor([0, 0]), 0.5)
+    want = (math.log(1 + math.exp(-2)) + math.log(1 + math.exp(4))) / 2
+    assert hard.item() == pytest.approx(want, rel=1e-6)
+    # per-prototype temperature [1, 0.25]: row 0 [1, 0], row 1 [0, 8]
+    soft = ref(x, c, torch.tensor([[0.5, 0.5], [1.0, 0.0]]), torch.tensor([1.0, 0.25]))
+    r0 = 0.5 * math.log(1 + math.exp(-1)) + 0.5 * math.log(1 + math.exp(1))
+    r1 = math.log(1 + math.exp(8))
+    assert soft.item() == pytest.approx((r0 + r1) / 2, rel=1e-6)
+
+
+def test_reference_matches_literal_formulas():
+    x, c = torch.randn(9, 5, dtype=torch.float64), torch.randn(6, 5, dtype=torch.float64)
+    T = 0.1 + torch.rand(6, dtype=torch.float64)
+    y = torch.randint(0, 6, (9,))
+    torch.testing.assert_close(ref(x, c, y, T), F.cross_entropy(x @ c.T / T, y))
+    t = torch.rand(9, 6, dtype=torch.float64)  # rows need not sum to one
+    want = -(t * F.log_softmax(x @ c.T / 0.3, dim=1)).sum(1).mean()
+    torch.testing.assert_close(ref(x, c, t, 0.3), want)
+    # hard == soft with one-hot targets
+    torch.testing.assert_close(ref(x, c, y, T), ref(x, c, F.one_hot(y, 6).double(), T))
+
+
+def test_reference_gradcheck():
+    x = torch.randn(7, 4, dtype=torch.float64, requires_grad=True)
+    c = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    T = (0.2 + torch.rand(5, dtype=torch.float64)).requires_grad_(True)
+    y = torch.randint(0, 5, (7,))
+    t = torch.rand(7, 5, dtype=torch.float64).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda a, b, s: ref(a, b, y, s), (x, c, T))
+    assert torch.autograd.gradcheck(lambda a, b, s: ref(a, b, s, 0.7), (x, c, t))
+
+
+# ---------------------------------------------------------------- fused vs reference
+SHAPES = [(37, 5, 19), (37, 70, 33)]  # (37, 130, 130) below covers several K/d tiles
+MODES = [("hard", "scalar"), ("hard", "vector"), ("soft", "vector")]
+
+
+def _inputs(N, K, d, target_kind, temp_kind, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(N, d, generator=g, dtype=torch.float64) * 0.5
+    c = F.normalize(torch.randn(K, d, generator=g, dtype=torch.float64), dim=1)
+    if target_kind == "hard":
+        t = torch.randint(0, K, (N,), generator=g)
+    else:
+        t = torch.rand(N, K, generator=g, dtype=torch.float64).pow(3)
+        t = t / t.sum(1, keepdim=True)
+    T = 0.1 if temp_kind == "scalar" else 0.05 + 0.3 * torch.rand(K, generator=g, dtype=torch.float64)
+    return x, c, t, T
+
+
+def _run(fn, x, c, t, T, dtype, **kw):
+    x = x.detach().to(dtype).requires_grad_(True)
+    c = c.detach().to(dtype).requires_grad_(True)
+    t = t.to(dtype) if t.is_floating_point() else t
+    T = T.to(dtype) if isinstance(T, torch.Tensor) else T
+    loss = fn(x, c, t, T, **kw)
+    loss.backward()
+    return loss.detach(), x.grad, c.grad
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("mode", MODES, ids=["-".join(m) for m in MODES])
+@pytest.mark.parametrize("shape", SHAPES, ids=[f"N{n}K{k}d{d}" for n, k, d in SHAPES])
+def test_op_matches_reference(impl, dtype, mode, shape, device):
+    x, c, t, T = _inputs(*shape, *mode)
+    truth = _run(ref, x, c, t, T, torch.float64)
+    to = (lambda a: a.to(device) if isinstance(a, torch.Tensor) else a)
+    want = _run(ref, x, c, t, T, dtype)
+    got = _run(op, to(x), to(c), to(t), to(T), dtype, impl=impl)
+    for name, o, r, tr in zip(["loss", "dx", "dprototypes"], got, want, truth):
+        assert o.dtype == dtype
+        assert_close_to_truth(o.cpu(), r, tr, dtype, name=name)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype, mode", [(torch.float32, ("soft", "vector")),
+                                         (torch.bfloat16, ("hard", "scalar"))], ids=["fp32", "bf16"])
+def test_op_matches_reference_tiled(impl, dtype, mode, device):
+    x, c, t, T = _inputs(37, 130, 130, *mode, seed=1)
+    truth = _run(ref, x, c, t, T, torch.float64)
+    to = (lambda a: a.to(device) if isinstance(a, torch.Tensor) else a)
+    want = _run(ref, x, c, t, T, dtype)
+    got = _run(op, to(x), to(c), to(t), to(T), dtype, impl=impl)
+    for name, o, r, tr in zip(["loss", "dx", "dprototypes"], got, want, truth):
+        assert_close_to_truth(o.cpu(), r, tr, dtype, name=name)
+
+
+def test_op_fp64_torch_path_exact():
+    x, c, t, T = _inputs(23, 9, 7, "soft", "vector")
+    got = _run(op, x, c, t, T, torch.float64, impl="torch")
+    want = _run(ref, x, c, t, T, torch.float64)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_op_large_logits_stay_finite(impl, device):
+    # logits of order 1e4: exp would overflow without the max shift
+    x, c, t, _ = _inputs(37, 40, 24, "hard", "scalar", seed=3)
+    x = x * 200.0
+    truth = _run(ref, x, c, t, 1e-2, torch.float64)
+    got = _run(op, x.to(device), c.to(device), t.to(device), 1e-2, torch.float32, impl=impl)
+    want = _run(ref, x, c, t, 1e-2, torch.float32)
+    for name, o, r, tr in zip(["loss", "dx", "dprototypes"], got, want, truth):
+        assert_close_to_truth(o.cpu(), r, tr, torch.float32, name=name)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_op_only_x_needs_grad_and_noncontiguous(impl, device):
+    x, c, t, T = _inputs(37, 21, 40, "soft", "vector", seed=4)
+    cf = torch.randn(40, 21, dtype=torch.float32).t()  # non-contiguous prototypes (21 x 40)
+    xf = x.float().to(device).requires_grad_(True)
+    loss = op(xf, cf.to(device), t.float().to(device)[:, :21] * 1.0, T[:21].float().to(device), impl=impl)
+    loss.backward()
+    xr = x.float().requires_grad_(True)
+    lr = ref(xr, cf, t.float()[:, :21], T[:21].float())
+    lr.backward()
+    torch.testing.assert_close(loss.cpu(), lr, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(xf.grad.cpu(), xr.grad, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------- torch.library / compile
+@pytest.mark.parametrize("impl", IMPLS)
+def test_opcheck(impl, device):
+    from deepclust.ops.prototype import _ce_rows
+
+    x = torch.randn(19, 17, device=device, requires_grad=True)
+    c = torch.randn(21, 17, device=device, requires_grad=True)
+    inv_t = torch.full((21,), 5.0, device=device)
+    for t in (torch.randint(0, 21, (19,), device=device), torch.rand(19, 21, device=device)):
+        torch.library.opcheck(_ce_rows, (x, c, t, inv_t, impl == "triton"))
+
+
+def test_torch_compile_no_graph_break(device):
+    x = torch.randn(37, 19, device=device, requires_grad=True)
+    c = torch.randn(11, 19, device=device, requires_grad=True)
+    t = torch.randint(0, 11, (37,), device=device)
+    T = 0.1 + torch.rand(11, device=device)
+
+    def f(x, c):
+        return op(x, c, t, T, impl="torch") * 2.0
+
+    torch._dynamo.reset()
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    out = compiled(x, c)
+    out.backward()
+    gx = x.grad.clone()
+    x.grad = None
+    want = f(x, c)
+    want.backward()
+    torch.testing.assert_close(out, want)
+    torch.testing.assert_close(gx, x.grad)
+
+
+# ---------------------------------------------------------------- bad inputs
+def test_bad_inputs():
+    x, c = torch.randn(5, 3), torch.randn(4, 3)
+    y = torch.tensor([0, 1, 2, 3, 0])
+    with pytest.raises(ValueError, match="target"):
+        op(x, c, torch.tensor([0, 1, 2, 4, 0]), impl="torch")
+    with pytest.raises(ValueError, match="target"):
+        op(x, c, torch.tensor([0, -1, 2, 3, 0]), impl="torch")
+    with pytest.raises(ValueError, match="target"):
+        op(x, c, y[:4], impl="torch")
+    with pytest.raises(ValueError, match="target"):
+        op(x, c, torch.rand(5, 3), impl="torch")
+    with pytest.raises(TypeError, match="target"):
+        op(x, c, y.bool(), impl="torch")
+    with pytest.raises(ValueError, match="prototypes"):
+        op(x, torch.randn(4, 2), y, impl="torch")
+    with pytest.raises(ValueError, match="x"):
+        op(x[0], c, y, impl="torch")
+    with pytest.raises(TypeError, match="prototypes"):
+        op(x, c.double(), y, impl="torch")
+    with pytest.raises(ValueError, match="temperature"):
+        op(x, c, y, 0.0, impl="torch")
+    with pytest.raises(ValueError, match="temperature"):
+        op(x, c, y, torch.tensor([0.1, 0.2, -0.1, 0.3]), impl="torch")
+    with pytest.raises(ValueError, match="temperature"):
+        op(x, c, y, torch.ones(3), impl="torch")
+    with pytest.raises(ValueError, match="impl"):
+        op(x, c, y, impl="cuda")
+    with pytest.raises(TypeError, match="x"):
+        op(x.double(), c.double(), y, impl="triton")
