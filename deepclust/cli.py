@@ -24,6 +24,7 @@ METHODS = {
     "swav": ("deepclust.models.swav", IMAGE_DATASETS),
     "tcl": ("deepclust.models.tcl", IMAGE_DATASETS),
     "daegc": ("deepclust.models.daegc", GRAPH_DATASETS),
+    "pcl": ("deepclust.models.pcl", None),
 }
 
 
