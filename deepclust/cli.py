@@ -84,8 +84,6 @@ def _load_data(name: str, root):
 
 
 def _fit_kmeans(data, config) -> dict:
-    import torch
-
     from .cluster import kmeans
 
     x = data.x.to(config.device)

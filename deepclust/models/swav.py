@@ -15,7 +15,6 @@ pushes the assignment crops' embeddings into the queue after computing the codes
 """
 from __future__ import annotations
 
-import math
 from typing import List, Optional, Sequence
 
 import numpy as np

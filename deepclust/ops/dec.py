@@ -13,7 +13,6 @@ away points give finite losses and gradients where the reference's ``q.log()`` u
 """
 from __future__ import annotations
 
-import math
 from typing import Optional, Tuple
 
 import torch

@@ -25,7 +25,6 @@ besides the codes and the gradient.
 """
 from __future__ import annotations
 
-import math
 from typing import Optional, Sequence, Union
 
 import torch
@@ -41,7 +40,6 @@ from .._utils import (
     next_pow2,
     resolve_impl,
     triton_interpret,
-    world_size,
 )
 from ..reference.swav import _as_crop_list, _check_assign, _check_queue, _check_sinkhorn_args
 

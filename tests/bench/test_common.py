@@ -2,7 +2,6 @@
 import csv
 import json
 
-import pytest
 import torch
 
 from bench.common import COLUMNS, Case, main, time_cpu

@@ -10,14 +10,6 @@ from sklearn.metrics import adjusted_rand_score
 from deepclust.cluster import KMeansResult, kmeans
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one intra-op thread is faster and immune to oversubscribed cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _blobs(n=301, d=7, k=5, std=0.3, seed=0):
     x, y = sk_blobs(n_samples=n, n_features=d, centers=k, cluster_std=std, center_box=(-10, 10),

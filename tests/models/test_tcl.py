@@ -10,15 +10,6 @@ from deepclust.models import tcl as T
 from deepclust.models.base import FitConfig, LossOutput
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster than two, and far faster when the cores
-    are shared (pytest -n 2 runs two workers)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _model(impl="torch", k=10):
     torch.manual_seed(0)

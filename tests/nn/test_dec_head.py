@@ -7,14 +7,6 @@ from deepclust import reference as R
 from deepclust.nn import DECClusterHead
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one intra-op thread is faster and immune to oversubscribed cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 IMPLS = ["torch", "triton"]
 

@@ -19,15 +19,6 @@ from tests.reference.test_contrastive import (
 IMPLS = ["torch", "triton"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster than two, and far faster when the cores
-    are shared (pytest -n 2 runs two workers)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(autouse=True)
 def _poison(monkeypatch):

@@ -13,15 +13,6 @@ from tests.helpers import run_distributed
 LARGE_NUMBER = 1e4
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster than two, and far faster when the cores
-    are shared (pytest -n 2 runs two workers)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 # ----------------------------------------------------------------------------- the published formula
 def seed_instance_loss(z, tau=0.5, multiplier=2):
