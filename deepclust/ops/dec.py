@@ -444,7 +444,7 @@ def _ct(*tensors: Tensor) -> torch.dtype:
 
 
 def _sqdist(zc: Tensor, zz: Tensor, mu: Tensor, mm: Tensor) -> Tensor:
-    return torch.addmm(zz[:, None] + mm[None, :], zc, mu.t(), alpha=-2.0).clamp_min_(0.0)
+    return torch.addmm(mm[None, :], zc, mu.t(), alpha=-2.0).add_(zz[:, None]).clamp_min_(0.0)
 
 
 def _chunks(n: int, k: int):
@@ -453,9 +453,10 @@ def _chunks(n: int, k: int):
 
 
 def _log_q(zc, zz, mu, mm, alpha):
-    dist = _sqdist(zc, zz, mu, mm)
-    s = torch.log1p(dist / alpha).mul_(-(alpha + 1.0) / 2.0)
-    return torch.log_softmax(s, dim=1), dist
+    """``log q`` of a row chunk and ``u = 1 + d / alpha`` (N x K each)."""
+    u = _sqdist(zc, zz, mu, mm).div_(alpha).add_(1.0)
+    s = torch.log(u).mul_(-(alpha + 1.0) / 2.0)
+    return torch.log_softmax(s, dim=1), u
 
 
 def _dec_loss_torch(z, mu, target, alpha, need_dz, need_dmu):
@@ -471,43 +472,49 @@ def _dec_loss_torch(z, mu, target, alpha, need_dz, need_dmu):
     if target is None:
         f = torch.zeros(k, dtype=ct, device=z.device)
         for a, b in chunks:
-            logq, dist = _log_q(zf[a:b], zz[a:b], mf, mm, alpha)
+            logq, u = _log_q(zf[a:b], zz[a:b], mf, mm, alpha)
             q = logq.exp()
             f += q.sum(0)
             if keep:
-                kept = (logq, dist, q)
+                kept = (logq, u, q)
         # A column whose mass underflowed has q = 0 in every row: its p is 0 (the limit).
         f_safe = torch.where(f > 0, f, torch.ones_like(f))
         log_f = f_safe.log()
-    scale = (alpha + 1.0) / (2.0 * alpha * n)
+    # dL/dd_ij = (alpha+1)/(2 alpha N) (p_ij - r_i q_ij) / u_ij; the 2 of d(d_ij)/dz is folded in
+    scale = (alpha + 1.0) / (alpha * n)
     loss = torch.zeros((), dtype=ct, device=z.device)
-    dz = torch.empty(n, d, dtype=ct, device=z.device) if need_dz else None
+    dz = torch.empty(n, d, dtype=ct, device=z.device) if need_dz and not keep else None
     dmu = torch.zeros(k, d, dtype=ct, device=z.device) if need_dmu else None
     for a, b in chunks:
         zc = zf[a:b]
         if kept is not None:
-            logq, dist, q = kept
+            logq, u, q = kept
         else:
-            logq, dist = _log_q(zc, zz[a:b], mf, mm, alpha)
+            logq, u = _log_q(zc, zz[a:b], mf, mm, alpha)
             q = logq.exp()
         if target is None:
             # p in the linear domain: every row's largest q is >= 1/K, so its q^2/f cannot
             # underflow, and the smaller entries that do are p = 0 in the limit.
-            t = q * q / f_safe
-            rs = t.sum(1, keepdim=True)
-            p = t / rs
-            term = p * (logq - log_f - rs.log())
-            diff = p - q
+            p = (q * q).div_(f_safe)
+            rs = p.sum(1, keepdim=True)
+            p.div_(rs)
+            # sum p (log p - log q) with log p = 2 log q - log f - log rs and rows of p summing
+            # to 1: sum p log q - sum_j (sum_i p_ij) log f_j - sum_i log rs_i
+            loss += torch.vdot(p.reshape(-1), logq.reshape(-1)) - p.sum(0) @ log_f - rs.log().sum()
+            g = p.sub_(q)
         else:
             p = target[a:b].detach().to(ct)
-            term = torch.special.xlogy(p, p) - p * logq
-            diff = p - p.sum(1, keepdim=True) * q
-        loss += term.sum()
-        g = diff.mul_(scale / (1.0 + dist / alpha))
+            loss += torch.special.xlogy(p, p).sum() - torch.vdot(p.reshape(-1), logq.reshape(-1))
+            g = p - p.sum(1, keepdim=True) * q
+        g.div_(u).mul_(scale)
         if need_dz:
-            dz[a:b] = 2.0 * (zc * g.sum(1, keepdim=True) - g @ mf)
+            gz = torch.addmm(zc * g.sum(1, keepdim=True), g, mf, alpha=-1.0)
+            if keep:
+                dz = gz
+            else:
+                dz[a:b] = gz
         if need_dmu:
-            dmu += 2.0 * (g.sum(0)[:, None] * mf - g.t() @ zc)
+            dmu += torch.addmm(g.sum(0)[:, None] * mf, g.t(), zc, alpha=-1.0)
     loss = (loss / n).to(z.dtype)
     dz = dz.to(z.dtype) if need_dz else z.new_empty(0, d)
     dmu = dmu.to(mu.dtype) if need_dmu else mu.new_empty(0, d)
