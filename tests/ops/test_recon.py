@@ -210,6 +210,92 @@ def test_recon_loss_default_negatives_reproducible():
     assert a.item() == recon_loss(z, pos, neg, impl="cpp").item()
 
 
+_M64 = (1 << 64) - 1
+
+
+def _mix64(x):
+    x ^= x >> 30
+    x = (x * 0xBF58476D1CE4E5B9) & _M64
+    x ^= x >> 27
+    x = (x * 0x94D049BB133111EB) & _M64
+    return x ^ (x >> 31)
+
+
+def _exact_draws(ei, n, count, seed):
+    """The sampler's documented map, in plain Python: sample i is the k-th non-edge (ranked by
+    u (N - 1) + v') for k = floor(h_i * #non-edges / 2^64), h_i the splitmix64 counter stream."""
+    import bisect
+
+    ei = ei[:, ei[0] != ei[1]]
+    keys = torch.unique(ei[0] * (n - 1) + ei[1] - (ei[1] > ei[0]).long()).tolist()
+    gaps = [k - i for i, k in enumerate(keys)]
+    non_edges = n * (n - 1) - len(keys)
+    key0 = _mix64((seed ^ 0x6A09E667F3BCC909) & _M64)
+    out = []
+    for i in range(count):
+        h = _mix64((key0 + (i + 1) * 0x9E3779B97F4A7C15) & _M64)
+        k = (h * non_edges) >> 64
+        key = k + bisect.bisect_right(gaps, k)
+        u, vp = divmod(key, n - 1)
+        out.append((u, vp + (vp >= u)))
+    return torch.tensor(out).t()
+
+
+def _dense_graph(n, missing, seed):
+    """All ordered pairs of n nodes but about `missing` of them, plus self-loops and repeats."""
+    g = torch.Generator().manual_seed(seed)
+    u, v = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
+    ei = torch.stack([u.flatten(), v.flatten()])
+    keep = torch.ones(ei.shape[1], dtype=torch.bool)
+    keep[torch.randint(0, ei.shape[1], (missing,), generator=g)] = False
+    ei = ei[:, keep]
+    return torch.cat([ei, ei[:, :5000]], 1)[:, torch.randperm(ei.shape[1] + 5000, generator=g)]
+
+
+@NEEDS_EXT
+@pytest.mark.parametrize("kind", ["sparse", "dense"])
+def test_sampler_exact_map_large_graph(kind):
+    # > 2^16 edges (the kernel's parallel radix sort) with self-loops and repeated edges; the
+    # dense graph has fewer non-edges than edges. Every draw must be the exact k-th non-edge.
+    if kind == "sparse":
+        n = 3001
+        ei = _random_graph(n, 90000, seed=11)
+        ei = torch.cat([ei, ei[:, :7000], torch.arange(50).repeat(2, 1)], 1)
+    else:
+        n = 300
+        ei = _dense_graph(n, 400, seed=12)
+    assert ei.shape[1] > 2**16
+    got = torch.ops.deepclust.negative_sampling(ei, n, 3000, 987654321)
+    assert torch.equal(got, _exact_draws(ei, n, 3000, 987654321))
+    assert not (_edge_set(got) & _edge_set(ei))
+
+
+@NEEDS_EXT
+@pytest.mark.parametrize("shape", [(1500, 33, 14000, 9000), (40000, 5, 6000, 3000)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_backward_many_edges_and_thread_count(shape):
+    # enough edges for the backward's parallel counting sort to split the edges into ranges
+    # (and, second shape, many more nodes than edges); self-loops and repeats included. The
+    # gradient must be close to float64 and bitwise the same with one thread.
+    n, d, ep, en = shape
+    z, pos, neg = _inputs(n, d, ep, en, seed=13)
+    pos = torch.cat([pos, pos[:, :100], torch.arange(7).repeat(2, 1)], 1)
+    z = (0.5 * z).requires_grad_()
+    (g,) = torch.autograd.grad(recon_loss(z, pos, neg, impl="cpp"), z)
+    z64 = z.detach().double().requires_grad_()
+    (gt,) = torch.autograd.grad(_truth(z64, pos, neg), z64)
+    torch.testing.assert_close(g.double(), gt, rtol=1e-4, atol=1e-5 * gt.abs().max().item())
+    n_threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        (g1,) = torch.autograd.grad(recon_loss(z, pos, neg, impl="cpp"), z)
+        loss1 = recon_loss(z, pos, neg, impl="cpp")
+    finally:
+        torch.set_num_threads(n_threads)
+    assert torch.equal(g, g1)
+    assert torch.equal(loss1, recon_loss(z, pos, neg, impl="cpp"))
+
+
 @pytest.mark.gpu
 @NEEDS_EXT
 def test_cuda_matches_cpu():
