@@ -106,33 +106,42 @@ class DEC(nn.Module):
     # ------------------------------------------------------------------ training
     def pretrain(self, x: Tensor, epochs: int = 200, batch_size: int = 256, lr: float = 1e-3,
                  noise: float = 0.2, weight_decay: float = 0.0, seed: int = 0,
-                 progress: bool = False) -> List[float]:
+                 progress: bool = False, noise_type: str = "dropout") -> List[float]:
         """Train the autoencoder on the mean squared reconstruction error with Adam.
 
-        The input is corrupted by dropout with probability ``noise`` (a denoising autoencoder,
-        as in the paper's stacked-autoencoder pretraining, which used 20% dropout); the target
-        is the clean input.
+        The input is corrupted (a denoising autoencoder); the target is the clean input. With
+        ``noise_type="dropout"`` every input is zeroed with probability ``noise`` and the rest
+        scaled by ``1 / (1 - noise)`` (the paper's stacked-autoencoder pretraining used 20%
+        dropout); with ``noise_type="gaussian"`` ``noise * N(0, 1)`` is added to every input.
 
         Args:
             x: data, ``(N, d)``.
             epochs: passes over the data (default 200).
             batch_size: mini-batch size (default 256).
             lr: Adam learning rate (default 1e-3).
-            noise: input dropout probability, ``0 <= noise < 1`` (default 0.2).
+            noise: input dropout probability, ``0 <= noise < 1`` (default 0.2), or the standard
+                deviation of the Gaussian noise, ``noise >= 0``.
             weight_decay: Adam weight decay (default 0).
             seed: seed of the batch shuffling.
             progress: show a tqdm bar.
+            noise_type: ``"dropout"`` (default) or ``"gaussian"``.
 
         Returns:
-            The mean loss of every epoch.
+            The mean loss of every epoch (on the corrupted inputs).
         """
         x = self._prep(x)
         epochs = check_int(epochs, "epochs", minimum=0)
         batch_size = check_int(batch_size, "batch_size", minimum=1)
         params = list(self.encoder.parameters()) + list(self.decoder.parameters())
         opt = torch.optim.Adam(params, lr=check_positive(lr, "lr"), weight_decay=weight_decay)
-        if not 0.0 <= float(noise) < 1.0:
-            raise ValueError(f"noise must be in [0, 1), got {noise}")
+        if noise_type == "dropout":
+            if not 0.0 <= float(noise) < 1.0:
+                raise ValueError(f"noise must be in [0, 1) for dropout, got {noise}")
+        elif noise_type == "gaussian":
+            if not (math.isfinite(float(noise)) and float(noise) >= 0.0):
+                raise ValueError(f"noise must be finite and >= 0 for gaussian noise, got {noise}")
+        else:
+            raise ValueError(f"noise_type must be 'dropout' or 'gaussian', got {noise_type!r}")
         gen = torch.Generator().manual_seed(int(seed))
         ngen = torch.Generator(device=x.device).manual_seed(int(seed))
         n = x.shape[0]
@@ -145,7 +154,9 @@ class DEC(nn.Module):
                 for i in range(0, n, batch_size):
                     xb = x[perm[i:i + batch_size]]
                     xin = xb
-                    if noise > 0:
+                    if noise > 0 and noise_type == "gaussian":
+                        xin = xb + noise * torch.randn(xb.shape, generator=ngen, device=xb.device)
+                    elif noise > 0:
                         keep = torch.rand(xb.shape, generator=ngen, device=xb.device) >= noise
                         xin = xb * keep / (1.0 - noise)
                     loss = (self.decoder(self.encoder(xin)) - xb).pow(2).mean()
@@ -277,7 +288,7 @@ def _scale(x: Tensor, is_image: bool) -> Tensor:
 def _defaults(n: int, d: int) -> dict:
     """Architecture and schedule by input size; the paper's network for large inputs."""
     hidden = (128, 128, 512) if d <= 100 else (500, 500, 2000)  # small d: seconds on a CPU
-    return dict(hidden=hidden, latent=10, pretrain_epochs=200, fit_epochs=60)
+    return dict(hidden=hidden, latent=10, pretrain_epochs=200, fit_epochs=60, noise=0.5)
 
 
 def cli_fit(data, config) -> dict:
@@ -285,12 +296,24 @@ def cli_fit(data, config) -> dict:
 
     Defaults (``config.epochs=None``): inputs scaled by :func:`_scale` (the paper's
     ``||x||^2 / d ~ 1``); for ``d <= 100`` (digits, pendigits, blobs) a ``d-128-128-512-10``
-    autoencoder, else the paper's ``d-500-500-2000-10``; denoising pretraining (20% input
-    dropout) for 200 epochs of Adam (lr 1e-3, batch 256); centres from k-means with 20
-    restarts; DEC training with Adam (lr 1e-3, batch 256; on digits it beat the paper's SGD)
-    for at most 60 epochs, target refreshed every ``update_interval = ceil(N / 256)``
-    iterations (one epoch), stopping below 0.1% changed labels. ``config.epochs`` sets both
-    the pretraining and the DEC epochs.
+    autoencoder, else the paper's ``d-500-500-2000-10``; denoising pretraining with additive
+    Gaussian input noise of standard deviation 0.5 (in the scaled units, where a feature's RMS
+    is about 1) for 200 epochs of Adam (lr 1e-3, batch 256); centres from k-means with 20
+    restarts on the embeddings; DEC training with Adam (lr 1e-3, batch 256) for at most 60
+    epochs, target refreshed every ``update_interval = ceil(N / 256)`` iterations (one epoch),
+    stopping below 0.1% changed labels. ``config.epochs`` sets both the pretraining and the
+    DEC epochs.
+
+    Measured on scikit-learn's digits (clustering accuracy, one CPU thread, seeds 0 / 1 / 2):
+    DEC 0.853 / 0.791 / 0.848 (mean 0.830) against 0.794 / 0.796 / 0.795 (mean 0.795) for
+    k-means on the raw pixels; the k-means start on the embeddings was 0.805 / 0.787 / 0.808.
+    Seeds 3 / 4 / 5 gave DEC 0.853 / 0.850 / 0.838. Means over seeds 0 to 2 of the variants
+    tried: the previous recipe (20% input dropout) 0.795 (0.730 / 0.803 / 0.851); Gaussian
+    noise 0.2: 0.826, 0.4: 0.849 (but 0.780 on seeds 3 to 5), 0.6: 0.823; no noise 0.784; with
+    dropout, the paper's SGD (lr 0.01, momentum 0.9) for the DEC phase 0.785, Adam lr 1e-4
+    0.781, a cosine pretraining schedule 0.795. A run's quality is set by its pretrained
+    embedding, so single seeds still vary by a few points. One run took 15 to 30 s on one
+    CPU core of a busy 2-core machine.
 
     Returns:
         ``{"pred": labels, "kmeans_pred": k-means labels on the raw features,
@@ -310,7 +333,8 @@ def cli_fit(data, config) -> dict:
     torch.manual_seed(config.seed)
     model = DEC(d, k, hidden=cfg["hidden"], latent=cfg["latent"], impl=config.impl).to(dev)
     t0 = time.perf_counter()
-    model.pretrain(x, epochs=pre_epochs, seed=config.seed, progress=config.progress)
+    model.pretrain(x, epochs=pre_epochs, noise=cfg["noise"], noise_type="gaussian",
+                   seed=config.seed, progress=config.progress)
     pretrain_seconds = time.perf_counter() - t0
     model.init_centers(x, n_init=20, seed=config.seed)
     model.fit(x, epochs=fit_epochs, update_interval=math.ceil(n / 256), lr=1e-3,

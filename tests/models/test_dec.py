@@ -50,6 +50,16 @@ def test_api_shapes_and_pretraining(blobs):
     assert cluster_acc(blobs.y, pred) > 0.9  # separated blobs stay separated
 
 
+def test_gaussian_noise_pretraining(blobs):
+    m = _small()
+    hist = m.pretrain(blobs.x, epochs=20, batch_size=32, lr=3e-3, noise=0.3, noise_type="gaussian")
+    assert hist[-1] < hist[0]
+    # Same start and batches without noise: a different first epoch, so the noise is applied.
+    m2 = _small()
+    hist2 = m2.pretrain(blobs.x, epochs=1, batch_size=32, lr=3e-3, noise=0.0, noise_type="gaussian")
+    assert hist2[0] != hist[0]
+
+
 def test_target_is_refreshed_over_the_whole_data_set(blobs):
     m = _small()
     m.pretrain(blobs.x, epochs=5, batch_size=32, seed=0)
@@ -123,6 +133,10 @@ def test_bad_arguments(blobs):
         m.fit(blobs.x, max_iter=1, optimizer="rmsprop")
     with pytest.raises(ValueError, match="noise"):
         m.pretrain(blobs.x, epochs=1, noise=1.0)
+    with pytest.raises(ValueError, match="noise"):
+        m.pretrain(blobs.x, epochs=1, noise=-0.1, noise_type="gaussian")
+    with pytest.raises(ValueError, match="noise_type"):
+        m.pretrain(blobs.x, epochs=1, noise_type="salt")
     with pytest.raises(ValueError, match="n_clusters"):
         DEC(6, 0)
 
@@ -139,15 +153,18 @@ def test_cli_fit_on_blobs():
 
 @pytest.mark.slow
 def test_cli_defaults_beat_kmeans_on_raw_digits():
-    """The documented defaults of ``deepclust fit dec`` on digits: DEC's accuracy, averaged
-    over seeds 1 and 2 (0.80 and 0.85 when written), beats k-means on the raw pixels (0.79).
-    The margin depends on the seed: seed 0 gave 0.73, so this guards the recipe, it does not
-    prove DEC better on every seed."""
+    """The documented defaults of ``deepclust fit dec`` on digits beat k-means on the raw
+    pixels in the mean over seeds 0, 1 and 2 (every seed of a fixed range, none picked).
+
+    When written: DEC 0.853 / 0.791 / 0.848 (mean 0.830), k-means 0.794 / 0.796 / 0.795
+    (mean 0.795), a gap of 0.035. The asserted margin of 0.02 keeps a little over half of it: a single seed may
+    move by a few points on another CPU or library version (float summation order changes
+    the pretrained embedding), and a 0.05 drop of one seed lowers the mean by 0.017."""
     data = load_digits()
     acc, acc_km = [], []
-    for seed in (1, 2):
+    for seed in (0, 1, 2):
         torch.manual_seed(seed)
         out = cli_fit(data, FitConfig(seed=seed, progress=False))
         acc.append(cluster_acc(data.y, out["pred"]))
         acc_km.append(cluster_acc(data.y, out["kmeans_pred"]))
-    assert np.mean(acc) > np.mean(acc_km), (acc, acc_km)
+    assert np.mean(acc) > np.mean(acc_km) + 0.02, (acc, acc_km)
