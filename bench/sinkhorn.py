@@ -63,6 +63,8 @@ def _codes_fn(provider: str, from_embeddings: bool = False):
 
 def cases(args):
     sizes = [(256, 300)] if args.quick else [(4096, 3000), (16384, 3000), (65536, 1000)]
+    if not args.quick and not args.device.startswith("cuda"):
+        sizes = sizes[:2]  # the CPU: the two 3000-prototype sizes
     for B, K in sizes:
         for dtype in (torch.float32, torch.bfloat16):
             for provider, from_emb in [(p, False) for p in PROVIDERS] + [("deepclust-triton", True)]:
