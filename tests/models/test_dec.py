@@ -5,20 +5,10 @@ import pytest
 import torch
 
 from deepclust import reference as R
-from deepclust.cluster import kmeans
 from deepclust.data import load_digits, make_blobs
 from deepclust.metrics import cluster_acc
 from deepclust.models.base import FitConfig
 from deepclust.models.dec import DEC, cli_fit
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one intra-op thread is faster and immune to oversubscribed cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
