@@ -73,3 +73,15 @@ def test_console_script_runs():
 def test_kmeans_on_shared_pendigits(data_root, capsys):
     rc, out, _ = _run(["fit", "kmeans", "--data", "pendigits", "--root", str(data_root), "--no-progress"], capsys)
     assert rc == 0 and "kmeans on pendigits" in out
+
+
+def test_dec_through_the_command_line(tmp_path, capsys):
+    path = tmp_path / "dec.json"
+    rc, out, _ = _run(["fit", "dec", "--data", "blobs", "--epochs", "2", "--impl", "torch",
+                       "--seed", "3", "--no-progress", "--json", str(path)], capsys)
+    assert rc == 0 and out.strip().splitlines()[-1].startswith("dec on blobs: ACC")
+    res = json.loads(path.read_text())
+    assert res["method"] == "dec" and res["seed"] == 3 and res["impl"] == "torch"
+    assert 0.0 <= res["acc"] <= 1.0 and res["seconds"] > 0
+    # DEC reports the k-means baseline it starts from beside its own metrics
+    assert set(res["extra"]["kmeans"]) == {"acc", "nmi", "ari", "f1"}
