@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from .._utils import check_int, check_positive
 from ..ops.swav import swav_loss
+from ..data.augment import multi_crop
 from .base import FitConfig, LossOutput
 
 __all__ = ["SwAV", "cli_fit"]
@@ -217,46 +218,6 @@ class _MLPBackbone(nn.Module):
         return self.net(x)
 
 
-def _random_resized_crop(x: torch.Tensor, out_hw, scale=(0.5, 1.0), max_rot=0.25,
-                         max_shift=0.1, generator=None) -> torch.Tensor:
-    """Random area-scaled crops with a small rotation and translation, resampled to ``out_hw``
-    by one affine grid per image (bilinear, zero padding). ``x`` is (N, C, H, W)."""
-    n = x.shape[0]
-    kw = dict(device=x.device, dtype=x.dtype)
-    u = torch.rand(n, 4, generator=generator).to(**kw)
-    s = torch.sqrt(scale[0] + (scale[1] - scale[0]) * u[:, 0])  # side fraction of the crop
-    r = (2 * u[:, 1] - 1) * max_rot                               # radians
-    room = (1 - s) + max_shift
-    tx, ty = (2 * u[:, 2] - 1) * room, (2 * u[:, 3] - 1) * room
-    cos, sin = torch.cos(r) * s, torch.sin(r) * s
-    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
-    grid = F.affine_grid(theta, (n, x.shape[1], *out_hw), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-
-
-def _jitter(x: torch.Tensor, noise=0.05, contrast=0.3, generator=None) -> torch.Tensor:
-    """Random contrast/brightness per image and Gaussian pixel noise, clamped to [0, 1]."""
-    n = x.shape[0]
-    u = torch.rand(n, 2, generator=generator).to(x.device, x.dtype)
-    c = 1 + (2 * u[:, 0] - 1) * contrast
-    b = (2 * u[:, 1] - 1) * 0.1
-    x = x * c.view(n, 1, 1, 1) + b.view(n, 1, 1, 1)
-    x = x + noise * torch.randn(x.shape, generator=generator).to(x.device, x.dtype)
-    return x.clamp_(0, 1)
-
-
-def _multi_crop(x: torch.Tensor, n_global=2, n_local=2, generator=None) -> List[torch.Tensor]:
-    """SwAV's multi-crop: ``n_global`` full-resolution crops (area 50-100%) and ``n_local``
-    crops at 3/4 resolution (area 25-55%)."""
-    H, W = x.shape[-2:]
-    lh, lw = max(4, int(round(0.75 * H))), max(4, int(round(0.75 * W)))
-    crops = [_jitter(_random_resized_crop(x, (H, W), (0.5, 1.0), generator=generator), generator=generator)
-             for _ in range(n_global)]
-    crops += [_jitter(_random_resized_crop(x, (lh, lw), (0.25, 0.55), generator=generator), generator=generator)
-              for _ in range(n_local)]
-    return crops
-
-
 def cli_fit(data, config: FitConfig = FitConfig()) -> dict:
     """Train SwAV on an image set (``data.image_shape`` = (C, H, W), rows of ``data.x`` in
     [0, 1]) and cluster it.
@@ -302,7 +263,7 @@ def cli_fit(data, config: FitConfig = FitConfig()) -> dict:
         perm = torch.randperm(N, generator=gen).to(device)
         tot, cnt = 0.0, 0
         for i in range(0, N - batch + 1, batch):
-            crops = _multi_crop(x[perm[i:i + batch]], generator=gen)
+            crops = multi_crop(x[perm[i:i + batch]], generator=gen)
             out = model.loss(crops)
             opt.zero_grad(set_to_none=True)
             out.total.backward()

@@ -9,7 +9,6 @@ not included.)
 """
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import numpy as np
@@ -19,6 +18,7 @@ import torch.nn.functional as F
 
 from .._utils import check_int, check_positive
 from ..ops.contrastive import cluster_contrastive_loss, instance_contrastive_loss
+from ..data.augment import strong_augment, weak_augment
 from .base import FitConfig, LossOutput
 
 __all__ = ["TCL", "cli_fit"]
@@ -84,60 +84,6 @@ class TCL(nn.Module):
         return self.cluster_projector(self.backbone(x)).argmax(1)
 
 
-# ----------------------------------------------------------------------------- augmentations
-def _affine(x: torch.Tensor, max_rot: float, scale: tuple, max_shift: float, max_shear: float,
-            g: torch.Generator) -> torch.Tensor:
-    """Random rotation (degrees), zoom, shear and translation (fraction of the size) per image,
-    by ``affine_grid``/``grid_sample``; zeros outside."""
-    b = x.shape[0]
-    u = lambda lo, hi: lo + (hi - lo) * torch.rand(b, generator=g, device=x.device)  # noqa: E731
-    ang = u(-max_rot, max_rot) * math.pi / 180
-    sh = u(-max_shear, max_shear)
-    s = 1.0 / u(*scale)  # the grid maps output to input: zoom in = sample a smaller area
-    cos, sin = torch.cos(ang) * s, torch.sin(ang) * s
-    theta = torch.stack([
-        torch.stack([cos, -sin + sh * cos, u(-max_shift, max_shift) * 2], 1),
-        torch.stack([sin, cos + sh * sin, u(-max_shift, max_shift) * 2], 1),
-    ], 1)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-
-
-def _erase(x: torch.Tensor, p: float, area: tuple, g: torch.Generator) -> torch.Tensor:
-    """Random erasing: with probability ``p`` zero one rectangle of ``area`` (fraction)."""
-    b, _, h, w = x.shape
-    dev = x.device
-    a = area[0] + (area[1] - area[0]) * torch.rand(b, generator=g, device=dev)
-    ratio = torch.exp((torch.rand(b, generator=g, device=dev) - 0.5) * math.log(3.0))
-    eh = (torch.sqrt(a * ratio) * h).clamp(1, h)
-    ew = (torch.sqrt(a / ratio) * w).clamp(1, w)
-    y0 = torch.rand(b, generator=g, device=dev) * (h - eh)
-    x0 = torch.rand(b, generator=g, device=dev) * (w - ew)
-    ys = torch.arange(h, device=dev)[None, :, None]
-    xs = torch.arange(w, device=dev)[None, None, :]
-    box = ((ys >= y0[:, None, None]) & (ys < (y0 + eh)[:, None, None])
-           & (xs >= x0[:, None, None]) & (xs < (x0 + ew)[:, None, None]))
-    on = torch.rand(b, generator=g, device=dev) < p
-    return x.masked_fill((box & on[:, None, None])[:, None], 0.0)
-
-
-def _weak_augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """Mild geometry: rotation +-10 deg, zoom 0.9..1.1, translation +-8%."""
-    return _affine(x, 10.0, (0.9, 1.1), 0.08, 0.0, g).clamp_(0, 1)
-
-
-def _strong_augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """Rotation +-25 deg, zoom 0.75..1.2, shear, translation +-15%, brightness/contrast jitter,
-    Gaussian noise and random erasing."""
-    b = x.shape[0]
-    x = _affine(x, 25.0, (0.75, 1.2), 0.15, 0.2, g)
-    contrast = 0.6 + 0.8 * torch.rand(b, 1, 1, 1, generator=g, device=x.device)
-    bright = 0.2 * (torch.rand(b, 1, 1, 1, generator=g, device=x.device) - 0.5)
-    x = x * contrast + bright
-    x = x + 0.1 * torch.randn(x.shape, generator=g, device=x.device)
-    return _erase(x.clamp(0, 1), 0.5, (0.05, 0.2), g)
-
-
 # ----------------------------------------------------------------------------- CLI
 class _SmallCNN(nn.Module):
     """Two 3x3 conv blocks and a linear layer, for small grayscale images."""
@@ -194,7 +140,7 @@ def cli_fit(data, config: FitConfig = FitConfig()) -> dict:
     for step in it:
         idx = torch.randperm(n, generator=g, device=dev)[:batch]
         xb = x[idx]
-        out = model.loss([_weak_augment(xb, g), _strong_augment(xb, g)])
+        out = model.loss([weak_augment(xb, g), strong_augment(xb, g)])
         opt.zero_grad(set_to_none=True)
         out.total.backward()
         opt.step()

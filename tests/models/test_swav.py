@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
 import deepclust.models.swav as swav_mod
+from deepclust.data import augment as A
 from deepclust.models.base import FitConfig, LossOutput
 from deepclust.models.swav import SwAV
 from deepclust.ops.swav import swav_loss
@@ -51,7 +52,7 @@ def test_loss_falls_in_20_steps_and_model_is_the_functional_loss():
     model = SwAV(swav_mod._MLPBackbone((1, 8, 8), 64), 64, n_prototypes=30, proj_hidden=64,
                  proj_dim=32, freeze_prototypes_niters=0)
     # the model's loss is swav_loss of the prototype scores of its normalised embeddings
-    crops = swav_mod._multi_crop(x[:40], generator=torch.Generator().manual_seed(1))
+    crops = A.multi_crop(x[:40], generator=torch.Generator().manual_seed(1))
     model.eval()
     got = model.loss(crops).total
     z = torch.cat([model.embed(torch.cat(crops[:2])), model.embed(torch.cat(crops[2:]))])
@@ -62,7 +63,7 @@ def test_loss_falls_in_20_steps_and_model_is_the_functional_loss():
     gen = torch.Generator().manual_seed(0)
     losses = []
     for _ in range(20):
-        out = model.loss(swav_mod._multi_crop(x, generator=gen))
+        out = model.loss(A.multi_crop(x, generator=gen))
         opt.zero_grad()
         out.total.backward()
         model.after_backward()

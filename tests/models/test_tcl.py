@@ -3,6 +3,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from deepclust.data import augment as A
 from deepclust.data.datasets import Dataset, load_digits, make_blobs
 from deepclust.metrics import cluster_acc
 from deepclust.models import TCL
@@ -41,7 +42,7 @@ def test_loss_is_sum_of_the_two_ops(m):
     model = _model()
     g = torch.Generator().manual_seed(1)
     x = _digits(16)
-    views = [T._weak_augment(x, g)] + [T._strong_augment(x, g) for _ in range(m - 1)]
+    views = [A.weak_augment(x, g)] + [A.strong_augment(x, g) for _ in range(m - 1)]
     out = model.loss(views)
     assert isinstance(out, LossOutput) and set(out.components) == {"instance", "cluster"}
     z, c = model(torch.cat(views))
@@ -56,7 +57,7 @@ def test_triton_path_same_loss_and_grads():
     torch.manual_seed(0)
     x = _digits(13)
     g = torch.Generator().manual_seed(2)
-    views = [T._weak_augment(x, g), T._strong_augment(x, g)]
+    views = [A.weak_augment(x, g), A.strong_augment(x, g)]
     grads = []
     for impl in ("torch", "triton"):
         model = _model(impl).eval()  # eval: batch-norm statistics are not updated
@@ -73,7 +74,7 @@ def test_loss_falls_over_20_steps():
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     g = torch.Generator().manual_seed(0)
     x = _digits(32)
-    views = [T._weak_augment(x, g), T._strong_augment(x, g)]
+    views = [A.weak_augment(x, g), A.strong_augment(x, g)]
     losses = []
     for _ in range(20):
         out = model.loss(views)
@@ -100,7 +101,7 @@ def test_bad_input():
 def test_augmentations():
     x = _digits(32)
     g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
-    for fn in (T._weak_augment, T._strong_augment):
+    for fn in (A.weak_augment, A.strong_augment):
         a = fn(x, g1)
         assert a.shape == x.shape
         assert a.min() >= 0 and a.max() <= 1
@@ -108,12 +109,12 @@ def test_augmentations():
         torch.testing.assert_close(a, fn(x, g2))  # and is reproducible
     # weak views stay closer to the image than strong ones
     g = torch.Generator().manual_seed(0)
-    assert (T._weak_augment(x, g) - x).abs().mean() < (T._strong_augment(x, g) - x).abs().mean()
+    assert (A.weak_augment(x, g) - x).abs().mean() < (A.strong_augment(x, g) - x).abs().mean()
     # the identity transform of the affine helper is the identity
-    same = T._affine(x, 0.0, (1.0, 1.0), 0.0, 0.0, g)
+    same = A.random_affine(x, 0.0, (1.0, 1.0), 0.0, 0.0, g)
     torch.testing.assert_close(same, x, atol=1e-5, rtol=0)
     # erasing with p = 1 zeroes a box in every image
-    erased = T._erase(torch.ones(4, 1, 8, 8), 1.0, (0.2, 0.2), g)
+    erased = A.random_erase(torch.ones(4, 1, 8, 8), 1.0, (0.2, 0.2), g)
     assert ((erased == 0).flatten(1).sum(1) > 0).all()
 
 
