@@ -17,8 +17,10 @@ import pytest  # noqa: E402
 
 # pytest-xdist runs one worker per core: one thread each, or the workers' thread pools fight
 # over the cores (oversubscribed OpenMP spins make small ops many times slower).
+# Outside xdist torch's own default stands (it follows OMP_NUM_THREADS).
 _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-torch.set_num_threads(max(1, (os.cpu_count() or 1) // _workers))
+if _workers > 1:
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // _workers))
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_ROOT = Path(os.environ.get("DEEPCLUST_DATA", REPO.parent / "shared" / "data"))
