@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from .base import LossOutput
 
-__all__ = ["DAEGC", "GATEncoder", "train_daegc", "cli_fit"]
+__all__ = ["DAEGC", "GATEncoder", "ProximityGATConv", "proximity_graph", "train_daegc", "cli_fit"]
 
 
 def _recon_impl(impl: str) -> str:
@@ -19,43 +19,139 @@ def _recon_impl(impl: str) -> str:
     return "torch" if impl == "torch" else "auto"
 
 
-class GATEncoder(nn.Module):
-    """Graph attention encoder: ``GATConv(in, hidden) -> ELU -> GATConv(hidden, out)``, then
-    (by default) L2-normalised rows, as in DAEGC's official code.
+class ProximityGATConv(nn.Module):
+    r"""DAEGC's graph attention layer: attention logits scaled by the t-order proximity.
 
-    DAEGC attends over a t-order proximity matrix ``M = (B + B^2 + ... + B^t) / t`` (``B`` the
-    row-normalised adjacency); this encoder uses PyG's ``GATConv`` on the plain graph with
-    self-loops, which gives the same first-order neighbourhood attention (documented deviation).
+    .. math::
+        e_{ij} = \mathrm{LeakyReLU}\big(M_{ij}\,(a_s^\top W x_i + a_n^\top W x_j)\big),\quad
+        h_i = \sum_{j \in \mathcal N(i)} \mathrm{softmax}_j(e_{ij})\, W x_j,
+
+    the softmax over the in-neighbours ``j`` of ``i`` (edges ``j -> i`` of ``edge_index``),
+    ``M_ij`` the edge weight (1 when no weight is given). Built from PyG's scatter softmax
+    (:func:`torch_geometric.utils.softmax`); self-loops are added (weight 1) where missing.
+
+    Args:
+        in_channels, out_channels: feature sizes.
+        negative_slope: LeakyReLU slope (DAEGC: 0.2).
+        add_self_loops: add the missing self-loops (default True).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, negative_slope: float = 0.2,
+                 add_self_loops: bool = True):
+        super().__init__()
+        self.lin = nn.Linear(in_channels, out_channels, bias=False)
+        self.att_self = nn.Parameter(torch.empty(out_channels, 1))
+        self.att_neigh = nn.Parameter(torch.empty(out_channels, 1))
+        self.negative_slope = negative_slope
+        self.add_self_loops = add_self_loops
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.xavier_uniform_(self.lin.weight, gain=1.414)
+        nn.init.xavier_uniform_(self.att_self, gain=1.414)
+        nn.init.xavier_uniform_(self.att_neigh, gain=1.414)
+
+    def forward(self, x: Tensor, edge_index: Tensor, edge_weight: Optional[Tensor] = None) -> Tensor:
+        from torch_geometric.utils import add_remaining_self_loops, softmax
+
+        n = x.shape[0]
+        if self.add_self_loops:
+            edge_index, edge_weight = add_remaining_self_loops(edge_index, edge_weight, 1.0, n)
+        # sparse inputs (bag-of-words features): sparse @ dense, ~6x faster than dense on Cora
+        h = self.lin(x) if x.layout == torch.strided else torch.sparse.mm(x, self.lin.weight.t())
+        src, dst = edge_index[0], edge_index[1]
+        logit = (h @ self.att_self).squeeze(1)[dst] + (h @ self.att_neigh).squeeze(1)[src]
+        if edge_weight is not None:
+            logit = logit * edge_weight.to(logit.dtype)
+        logit = torch.nn.functional.leaky_relu(logit, self.negative_slope)
+        alpha = softmax(logit, dst, num_nodes=n)
+        out = torch.zeros_like(h).index_add_(0, dst, h[src] * alpha.unsqueeze(1))
+        return out
+
+
+def proximity_graph(edge_index: Tensor, num_nodes: int, t: int = 2, hops: int = 1):
+    r"""DAEGC's t-order proximity on the graph's edges.
+
+    ``B`` is the row-normalised ``A + I``, ``T`` its column normalisation and
+    ``M = (T + T^2 + ... + T^t) / t`` (DAEGC's code). Returns ``(edge_index, M_ij)`` on the
+    support of ``(A + I)^hops`` (``hops=1``: DAEGC's attention mask, the graph plus self-loops),
+    edge ``j -> i`` carrying ``M[i, j]``.
+    """
+    import numpy as np
+    import scipy.sparse as sp
+
+    ei = edge_index.cpu().numpy()
+    a = sp.coo_matrix((np.ones(ei.shape[1]), (ei[0], ei[1])), shape=(num_nodes, num_nodes)).tocsr()
+    a.data[:] = 1.0
+    a = (a + sp.eye(num_nodes, format="csr")).tocsr()
+    a.data[:] = 1.0
+    b = sp.diags(1.0 / np.asarray(a.sum(1)).ravel()) @ a
+    tr = (b @ sp.diags(1.0 / np.asarray(b.sum(0)).ravel())).tocsr()
+    m, p = tr.copy(), tr.copy()
+    for _ in range(t - 1):
+        p = (p @ tr).tocsr()
+        m = m + p
+    m = (m / t).tocsr()
+    support = a.copy()
+    for _ in range(hops - 1):
+        support = (support @ a).tocsr()
+        support.data[:] = 1.0
+    support = support.tocoo()
+    w = np.asarray(m[support.row, support.col]).ravel()
+    # M[i, j] weights the message j -> i: source = column j, target = row i
+    out_ei = torch.as_tensor(np.stack([support.col, support.row]), dtype=torch.long)
+    return out_ei.to(edge_index.device), torch.as_tensor(w, dtype=torch.float32, device=edge_index.device)
+
+
+class GATEncoder(nn.Module):
+    """Graph attention encoder: two attention layers ``in -> hidden -> out`` (ELU between)
+    and, by default, L2-normalised rows, as in DAEGC's official code.
+
+    ``conv="daegc"`` (default) uses :class:`ProximityGATConv`, DAEGC's layer, whose attention
+    logits are scaled by an edge weight: pass ``edge_weight`` = the t-order proximity ``M`` of
+    :func:`proximity_graph` (without it every weight is 1). ``conv="pyg"`` uses PyG's
+    ``GATConv`` (with ``heads``/``dropout``) and ignores ``edge_weight``.
 
     Args:
         in_channels: input feature size.
         hidden_channels: hidden size (DAEGC: 256).
         out_channels: embedding size (DAEGC: 16).
-        heads: attention heads of the first layer (concatenated); the output layer has one.
+        heads: attention heads of the first PyG layer (concatenated); the output layer has one.
         negative_slope: LeakyReLU slope of the attention (DAEGC: 0.2).
-        dropout: attention dropout (default 0).
+        dropout: attention dropout of the PyG layers (default 0).
         normalize: L2-normalise the embeddings (default True).
+        conv: ``"daegc"`` or ``"pyg"``.
     """
 
     def __init__(self, in_channels: int, hidden_channels: int = 256, out_channels: int = 16,
                  heads: int = 1, negative_slope: float = 0.2, dropout: float = 0.0,
-                 normalize: bool = True):
+                 normalize: bool = True, conv: str = "daegc"):
         super().__init__()
-        from torch_geometric.nn import GATConv
+        if conv == "daegc":
+            self.conv1 = ProximityGATConv(in_channels, hidden_channels, negative_slope)
+            self.conv2 = ProximityGATConv(hidden_channels, out_channels, negative_slope)
+        elif conv == "pyg":
+            from torch_geometric.nn import GATConv
 
-        self.conv1 = GATConv(in_channels, hidden_channels, heads=heads,
-                             negative_slope=negative_slope, dropout=dropout)
-        self.conv2 = GATConv(hidden_channels * heads, out_channels, heads=1,
-                             negative_slope=negative_slope, dropout=dropout)
+            self.conv1 = GATConv(in_channels, hidden_channels, heads=heads,
+                                 negative_slope=negative_slope, dropout=dropout)
+            self.conv2 = GATConv(hidden_channels * heads, out_channels, heads=1,
+                                 negative_slope=negative_slope, dropout=dropout)
+        else:
+            raise ValueError(f"conv must be 'daegc' or 'pyg', got {conv!r}")
+        self.conv = conv
         self.normalize = normalize
 
     def reset_parameters(self) -> None:
         self.conv1.reset_parameters()
         self.conv2.reset_parameters()
 
-    def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:
-        h = torch.nn.functional.elu(self.conv1(x, edge_index))
-        z = self.conv2(h, edge_index)
+    def forward(self, x: Tensor, edge_index: Tensor, edge_weight: Optional[Tensor] = None) -> Tensor:
+        kw = {"edge_weight": edge_weight} if self.conv == "daegc" else {}
+        h = torch.nn.functional.elu(self.conv1(x, edge_index, **kw))
+        z = self.conv2(h, edge_index, **kw)
+        if self.conv == "daegc":
+            z = torch.nn.functional.elu(z)
         return torch.nn.functional.normalize(z, p=2, dim=1) if self.normalize else z
 
 
@@ -199,20 +295,45 @@ def _prep_features(x: Tensor) -> Tensor:
     return (x - x.mean(0)) / x.std(0).clamp_min(1e-8)
 
 
-def train_daegc(data, *, seed: int = 0, device="cpu", pretrain_epochs: int = 50,
-                epochs: int = 150, lr: float = 5e-3, lr_train: float = 1e-4,
+def _maybe_sparse(x: Tensor) -> Tensor:
+    """CSR copy of a mostly-zero feature matrix (faster first layer), else ``x``."""
+    import warnings
+
+    if float((x != 0).float().mean()) > 0.1:
+        return x
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
+        return x.to_sparse_csr()
+
+
+def train_daegc(data, *, seed: int = 0, device="cpu", pretrain_epochs: int = 30,
+                epochs: int = 200, lr: float = 5e-3, lr_train: float = 1e-4,
                 weight_decay: float = 5e-3, hidden: int = 256, embedding: int = 16,
-                gamma: float = 10.0, update_interval: int = 1, impl: str = "auto",
+                gamma: float = 10.0, update_interval: int = 1, conv: str = "daegc",
+                t: int = 2, hops: int = 1, predict: str = "head", impl: str = "auto",
                 progress: bool = False) -> dict:
     """Train DAEGC on a graph data set, full batch.
 
-    Schedule (DAEGC's official settings, with its full-adjacency BCE replaced by the sampled
-    reconstruction loss): features row-normalised (non-negative inputs) or standardised;
-    ``GATEncoder(d, hidden=256, out=16)``; pretraining of the autoencoder on the
-    reconstruction loss for ``pretrain_epochs`` epochs (Adam, ``lr``, ``weight_decay``);
-    centres from k-means (20 restarts) on the embeddings; joint training for ``epochs`` epochs
-    (Adam, ``lr_train``) on ``recon + gamma * KL``, target refreshed every ``update_interval``
-    epochs. The prediction is the argmin of the distance to the centres.
+    Schedule (DAEGC's official code, with its dense BCE over ``A + I`` replaced by the sampled
+    reconstruction loss on the edges of ``A``, no labels used anywhere): features
+    row-normalised (non-negative inputs, kept as CSR when mostly zero) or standardised;
+    ``GATEncoder(d, hidden=256, out=16)`` with DAEGC's attention layer
+    (:class:`ProximityGATConv`) over ``A + I`` (``hops=1``), logits scaled by the t-order
+    proximity ``M = (T + T^2) / 2`` (``t=2``, :func:`proximity_graph`), ELU after both layers,
+    L2-normalised embeddings; pretraining on the reconstruction loss for
+    ``pretrain_epochs=30`` epochs (Adam, ``lr=5e-3``, ``weight_decay=5e-3``); centres from
+    k-means (20 restarts) on the embeddings; joint training for ``epochs=200`` epochs (Adam,
+    ``lr_train=1e-4``, same weight decay) on ``recon + gamma * KL`` (``gamma=10``), target
+    refreshed every ``update_interval=1`` epoch (as the official code). The prediction is the
+    argmin of the distance to the centres (``predict="head"``; ``"kmeans"``: k-means on the
+    final embeddings). ``conv="pyg"`` uses PyG's ``GATConv`` on the plain graph instead.
+
+    Measured on Cora (CPU, one thread, seeds 0-4, via ``deepclust fit daegc``): ACC
+    0.688 +- 0.016 (0.671 / 0.713 / 0.693 / 0.669 / 0.692), NMI 0.521 +- 0.013, ARI
+    0.465 +- 0.020, 19-24 s a run (paper: 70.4 / 52.8 / 49.6). ``predict="kmeans"`` gave
+    ACC 0.688 as well; the previous recipe (PyG ``GATConv`` on ``A`` without ``M``, 50 + 150
+    epochs) gave 0.688 / 0.562 / 0.500 on seeds 0-2; ``hops=2`` (attention over ``(A + I)^2``)
+    is far slower on Cora (over a minute a run).
 
     Returns:
         ``{"pred": int64 numpy (N,), "acc", "nmi", "ari", "f1": floats (against data.y),
@@ -224,28 +345,36 @@ def train_daegc(data, *, seed: int = 0, device="cpu", pretrain_epochs: int = 50,
 
     if data.edge_index is None:
         raise ValueError("DAEGC needs a graph data set (data.edge_index is None)")
+    if predict not in ("head", "kmeans"):
+        raise ValueError(f"predict must be 'head' or 'kmeans', got {predict!r}")
     dev = torch.device(device)
     torch.manual_seed(seed)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     x = _prep_features(data.x.to(dev, torch.float32))
     ei = data.edge_index.to(dev)
-    k = data.n_clusters
+    n, k = x.shape[0], data.n_clusters
     t0 = time.perf_counter()
-    enc = GATEncoder(x.shape[1], hidden, embedding)
+    if conv == "daegc":
+        att_ei, att_w = proximity_graph(ei, n, t=t, hops=hops)
+        kw = {"edge_weight": att_w}
+        x = _maybe_sparse(x)
+    else:
+        att_ei, kw = ei, {}
+    enc = GATEncoder(x.shape[1], hidden, embedding, conv=conv)
     model = DAEGC(enc, k, embedding, gamma=gamma, update_interval=update_interval, impl=impl).to(dev)
 
     opt = torch.optim.Adam(model.encoder.parameters(), lr=lr, weight_decay=weight_decay)
     model.train()
     for _ in tqdm(range(pretrain_epochs), desc="DAEGC pretrain", disable=not progress, leave=False):
         opt.zero_grad()
-        z = model.embed(x, ei)
+        z = model.embed(x, att_ei, **kw)
         loss = model.recon_loss(z, ei, generator=gen)
         loss.backward()
         opt.step()
 
     with torch.no_grad():
         model.eval()
-        z = model.embed(x, ei)
+        z = model.embed(x, att_ei, **kw)
         model.cluster_head.reset_cluster_centers(_kmeans_centers(z, k, seed, impl))
         model.train()
 
@@ -253,7 +382,7 @@ def train_daegc(data, *, seed: int = 0, device="cpu", pretrain_epochs: int = 50,
     comps = {"recon": float("nan"), "cluster": float("nan")}
     for _ in tqdm(range(epochs), desc="DAEGC train", disable=not progress, leave=False):
         opt.zero_grad()
-        z = model.embed(x, ei)
+        z = model.embed(x, att_ei, **kw)
         out = model._total(model.recon_loss(z, ei, generator=gen), z, None)
         out.total.backward()
         opt.step()
@@ -261,7 +390,13 @@ def train_daegc(data, *, seed: int = 0, device="cpu", pretrain_epochs: int = 50,
 
     model.eval()
     with torch.no_grad():
-        pred = model(x, ei).cpu()
+        z = model.embed(x, att_ei, **kw)
+        if predict == "head":
+            pred = model.cluster_head.cluster(z, soft=False).cpu()
+        else:
+            from ..cluster import kmeans
+
+            pred = kmeans(z, k, n_init=20, seed=seed, impl=impl).labels.cpu()
     seconds = time.perf_counter() - t0
     metrics = evaluate(data.y.cpu().numpy(), pred.numpy())
     return {"pred": pred.numpy(), **metrics, "seconds": round(seconds, 3), **comps}
@@ -270,9 +405,10 @@ def train_daegc(data, *, seed: int = 0, device="cpu", pretrain_epochs: int = 50,
 def cli_fit(data, config) -> dict:
     """``deepclust fit daegc`` on a graph set (sbm, cora, citeseer, amap, acm, dblp, wiki).
 
-    Defaults (``config.epochs=None``): 50 pretraining epochs (Adam, lr 5e-3, weight decay
-    5e-3) and 150 joint epochs (Adam, lr 1e-4), GAT 256-16, gamma 10, target refreshed every
-    epoch; see :func:`train_daegc`. ``config.epochs`` sets both the pretraining and the joint
+    Defaults (``config.epochs=None``): DAEGC's attention with the 2-order proximity (256-16),
+    30 pretraining epochs (Adam, lr 5e-3, weight decay 5e-3) and 200 joint epochs (Adam,
+    lr 1e-4), gamma 10, target refreshed every epoch; Cora ACC 0.688 +- 0.016 over seeds 0-4,
+    ~20 s on one CPU thread; see :func:`train_daegc`. ``config.epochs`` sets both the pretraining and the joint
     epochs.
 
     Returns:

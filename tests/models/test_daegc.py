@@ -1,13 +1,17 @@
 """DAEGC: API, losses, mini-batch loss, training on a small SBM graph and on Cora."""
+import warnings
+
 import numpy as np
 import pytest
 import torch
 from torch_geometric.data import Data
+from torch_geometric.utils import coalesce
 
 from deepclust.data import make_sbm
 from deepclust.metrics import cluster_acc
 from deepclust.models.base import FitConfig, LossOutput
-from deepclust.models.daegc import DAEGC, GATEncoder, cli_fit, train_daegc
+from deepclust.models.daegc import (DAEGC, GATEncoder, ProximityGATConv, cli_fit, proximity_graph,
+                                    train_daegc)
 from deepclust.reference import recon_loss as ref_recon_loss
 
 
@@ -64,6 +68,64 @@ def test_custom_decoder_path_matches_fused():
     torch.testing.assert_close(a.recon_loss(z, ei, neg), b.recon_loss(z, ei, neg))
 
 
+def _dense_proximity(ei, n, t=2):
+    a = torch.zeros(n, n, dtype=torch.float64)
+    a[ei[0], ei[1]] = 1.0
+    a = a + torch.eye(n, dtype=torch.float64)
+    b = a / a.sum(1, keepdim=True)
+    tr = b / b.sum(0, keepdim=True)
+    m = sum(torch.linalg.matrix_power(tr, p) for p in range(1, t + 1)) / t
+    return a, m
+
+
+@pytest.mark.parametrize("t,hops", [(1, 1), (2, 1), (3, 2)])
+def test_proximity_graph_matches_dense(t, hops):
+    x, ei = _tiny_graph(n=12, seed=3)
+    a, m = _dense_proximity(ei, 12, t)
+    att_ei, w = proximity_graph(ei, 12, t=t, hops=hops)
+    support = torch.linalg.matrix_power(a, hops) > 0
+    assert att_ei.shape[1] == int(support.sum())
+    dst, src = att_ei[1], att_ei[0]
+    assert support[dst, src].all()  # edge j -> i on the support of (A + I)^hops
+    torch.testing.assert_close(w.double(), m[dst, src], rtol=1e-6, atol=1e-7)
+
+
+def test_proximity_gat_conv_matches_dense_formula():
+    x, ei = _tiny_graph(n=12, seed=4)
+    _, m = _dense_proximity(ei, 12)
+    att_ei, w = proximity_graph(ei, 12)
+    conv = ProximityGATConv(8, 5).double()
+    out = conv(x.double(), att_ei, w.double())
+    # DAEGC's dense layer: softmax_j over the mask A + I of LeakyReLU(M_ij (a_s.h_i + a_n.h_j))
+    h = x.double() @ conv.lin.weight.t()
+    e = (h @ conv.att_self) + (h @ conv.att_neigh).t()
+    e = torch.nn.functional.leaky_relu(e * m, 0.2)
+    mask = torch.zeros(12, 12, dtype=torch.bool)
+    mask[att_ei[1], att_ei[0]] = True
+    ref = torch.softmax(e.masked_fill(~mask, float("-inf")), 1) @ h
+    torch.testing.assert_close(out, ref)
+    # sparse (CSR) features give the same layer output
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
+        xs = x.double().to_sparse_csr()
+    torch.testing.assert_close(conv(xs, att_ei, w.double()), out)
+    # without weights: plain GAT attention over the graph plus the added self-loops
+    ei = coalesce(ei)  # no duplicate edges, as in the dense mask
+    out1 = conv(x.double(), ei)
+    e1 = torch.nn.functional.leaky_relu((h @ conv.att_self) + (h @ conv.att_neigh).t(), 0.2)
+    mask1 = torch.eye(12, dtype=torch.bool)
+    mask1[ei[1], ei[0]] = True
+    torch.testing.assert_close(out1, torch.softmax(e1.masked_fill(~mask1, float("-inf")), 1) @ h)
+
+
+def test_pyg_encoder_option_and_bad_conv():
+    x, ei = _tiny_graph()
+    z = GATEncoder(8, 16, 4, conv="pyg")(x, ei)
+    torch.testing.assert_close(z.norm(dim=1), torch.ones(30))
+    with pytest.raises(ValueError, match="conv"):
+        GATEncoder(8, 16, 4, conv="gcn")
+
+
 def _neighbor_batch(x, ei, seeds):
     """What a NeighborLoader yields for one hop: seed nodes first, local edge_index, n_id."""
     seeds = seeds.tolist()
@@ -96,7 +158,8 @@ def test_loss_batch_seed_nodes_and_target_by_id():
 def test_trains_on_sbm():
     data = make_sbm(n_nodes=240, n_clusters=3, n_features=16, p_in=0.08, p_out=0.005,
                     feature_noise=2.0, seed=0)
-    res = train_daegc(data, seed=0, pretrain_epochs=30, epochs=20, hidden=32, lr=1e-2, lr_train=1e-3)
+    res = train_daegc(data, seed=0, pretrain_epochs=30, epochs=20, hidden=32, lr=1e-2, lr_train=1e-3,
+                      impl="torch")
     assert res["pred"].shape == (240,)
     assert res["acc"] > 0.6, res  # chance is ~0.34
     assert res["acc"] == pytest.approx(cluster_acc(data.y.numpy(), res["pred"]))
@@ -115,6 +178,8 @@ def test_trains_on_cora(data_root):
     from deepclust.data import load
 
     data = load("cora", data_root)
-    res = train_daegc(data, seed=0, pretrain_epochs=30, epochs=15)
-    # full default schedule reaches ~0.69 (paper 0.704); this short run must clear 0.5
-    assert res["acc"] > 0.5, res
+    # eager ops (no Triton interpreter on CPU); this short schedule gives
+    # ACC 0.682 / NMI 0.500 on seed 0 (chance ~0.30); the default 30 + 200 epochs give 0.688
+    # mean over seeds 0-4 (paper 0.704)
+    res = train_daegc(data, seed=0, pretrain_epochs=30, epochs=15, impl="torch")
+    assert res["acc"] > 0.63 and res["nmi"] > 0.45, res
