@@ -40,6 +40,7 @@ from .._utils import (
     next_pow2,
     resolve_impl,
     triton_interpret,
+    world_size,
 )
 from ..reference.swav import _as_crop_list, _check_assign, _check_queue, _check_sinkhorn_args
 
@@ -303,9 +304,53 @@ def _sinkhorn_triton(src: _Source, eps: float, n_iters: int, group=None) -> torc
     return out
 
 
+# The linear-domain torch path is taken when every row and column of exp((S - max S) / eps)
+# keeps at least this much mass; below it, mass may have underflowed and the log domain is used.
+_SAFE_MASS = 1e-20
+
+
 def _sinkhorn_torch(src: _Source, eps: float, n_iters: int, group=None,
                     chunk_rows: int = 8192) -> torch.Tensor:
-    """The same log-domain passes in eager torch, chunk by chunk of rows (float64 stays float64)."""
+    """Codes in eager torch: the linear-domain scaling-vector form when nothing underflows,
+    else the log-domain passes of the kernels (float64 stays float64)."""
+    out = _sinkhorn_torch_linear(src, eps, n_iters, group, chunk_rows)
+    return out if out is not None else _sinkhorn_torch_log(src, eps, n_iters, group, chunk_rows)
+
+
+def _sinkhorn_torch_linear(src: _Source, eps: float, n_iters: int, group=None,
+                           chunk_rows: int = 8192) -> Optional[torch.Tensor]:
+    """``E = exp((S - max S) / eps)`` once, kept in the output buffer, then the scaling vectors
+    ``c`` (prototypes) and ``a`` (samples) by two mat-vecs per iteration; the codes are
+    ``E_bk c_k / sum_k' E_bk' c_k'``. Returns None (on every rank alike) when a row or a column
+    of ``E`` has less than ``_SAFE_MASS``: then the log-domain path is exact where this is not."""
+    ct = torch.float64 if (src.scores if src.scores is not None else src.z).dtype == torch.float64 \
+        else torch.float32
+    B, K = src.B, src.K
+    out = torch.empty(B, K, dtype=ct, device=src.device)
+    m = torch.full((), float("-inf"), dtype=ct, device=src.device)
+    for i0 in range(0, B, chunk_rows):
+        i1 = min(B, i0 + chunk_rows)
+        out[i0:i1] = src.chunk(i0, i1, ct)
+        m = torch.maximum(m, out[i0:i1].max())
+    m = all_reduce_max(m, group)
+    e = out.sub_(m).div_(eps).exp_()
+    cols = all_reduce_sum(e.sum(0), group)
+    unsafe = ((e.sum(1).min() < _SAFE_MASS) | (cols.min() < _SAFE_MASS)).to(ct)
+    if all_reduce_max(unsafe, group).item() > 0:
+        return None
+    b_total = B * world_size(group)
+    a = None
+    for it in range(n_iters):
+        c = 1.0 / (K * (cols if it == 0 else all_reduce_sum(torch.mv(e.t(), a), group)))
+        if it < n_iters - 1:
+            a = 1.0 / (b_total * torch.mv(e, c))
+    r = torch.mv(e, c)
+    return e.mul_(c).div_(r[:, None])
+
+
+def _sinkhorn_torch_log(src: _Source, eps: float, n_iters: int, group=None,
+                        chunk_rows: int = 8192) -> torch.Tensor:
+    """The same log-domain passes as the kernels, in eager torch, chunk by chunk of rows."""
     ct = torch.float64 if (src.scores if src.scores is not None else src.z).dtype == torch.float64 \
         else torch.float32
     B, K = src.B, src.K

@@ -97,6 +97,29 @@ def test_log_domain_survives_rows_that_underflow(impl, device):
     torch.testing.assert_close(out.double().cpu(), truth, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("path", ["linear", "log"])
+@pytest.mark.parametrize("eps", [0.02, 0.05])
+def test_torch_path_linear_and_log_domain_agree(monkeypatch, path, eps):
+    """The torch path's linear-domain form (taken when nothing underflows) and its log-domain
+    fallback both give the float64 codes; the mass threshold picks which one runs."""
+    calls = []
+    real_log = ops_sk._sinkhorn_torch_log
+    monkeypatch.setattr(ops_sk, "_sinkhorn_torch_log",
+                        lambda *a, **k: calls.append("log") or real_log(*a, **k))
+    monkeypatch.setattr(ops_sk, "_SAFE_MASS", 0.0 if path == "linear" else float("inf"))
+    scores = torch.randn(129, 70) * 0.3
+    truth = seed_sinkhorn(scores.double(), eps)
+    out = sinkhorn(scores, eps=eps, impl="torch")
+    assert calls == ([] if path == "linear" else ["log"])
+    assert_close_to_truth(out, ref_sk.sinkhorn(scores, eps=eps), truth, torch.float32, name="codes")
+
+
+def test_torch_path_falls_back_when_a_row_underflows():
+    scores = torch.tensor([[1.0, 0.9, 0.95], [-1.0, -0.98, -0.99], [0.2, 0.1, 0.3]])
+    assert ops_sk._sinkhorn_torch_linear(ops_sk._Source(scores=scores), 0.01, 3) is None
+    assert ops_sk._sinkhorn_torch_linear(ops_sk._Source(scores=scores), 0.5, 3) is not None
+
+
 CROP_CASES = [(37, 5, 3, (0, 1)), (33, 70, 4, (1,)), (17, 130, 2, (0, 1))]
 
 
