@@ -21,11 +21,11 @@ from torch import Tensor
 from .._utils import (
     HAS_TRITON,
     check_positive,
-    check_same_device,
     check_tensor,
     next_pow2,
     resolve_impl,
 )
+from ..reference.dec import _check_dec_loss_args, _check_z_centers
 
 __all__ = ["soft_assign", "target_distribution", "dec_loss", "hard_assign"]
 
@@ -620,17 +620,6 @@ class _SoftAssignTriton(torch.autograd.Function):
 
 
 # ----------------------------------------------------------------------------- public API
-def _check_z_centers(z, centers):
-    check_tensor(z, "z", ndim=2)
-    check_tensor(centers, "centers", ndim=2)
-    if z.shape[1] != centers.shape[1]:
-        raise ValueError(
-            f"z and centers must have the same feature dimension, got z {tuple(z.shape)} "
-            f"and centers {tuple(centers.shape)}"
-        )
-    check_same_device(z=z, centers=centers)
-
-
 def _resolve(impl: str, *tensors: Tensor) -> str:
     path = resolve_impl(impl, *tensors)
     if path == "triton" and any(t.dtype == torch.float64 for t in tensors):
@@ -733,16 +722,8 @@ def dec_loss(
 
     Reference: Xie et al., ICML 2016, eqs. (1)-(3); PyAGC's ``DECClusterHead``.
     """
-    _check_z_centers(z, centers)
-    alpha = check_positive(alpha, "alpha")
-    n, k = z.shape[0], centers.shape[0]
+    alpha = _check_dec_loss_args(z, centers, alpha, target)
     if target is not None:
-        check_tensor(target, "target", ndim=2)
-        if tuple(target.shape) != (n, k):
-            raise ValueError(
-                f"target must have shape (N, K) = ({n}, {k}), got {tuple(target.shape)}"
-            )
-        check_same_device(z=z, target=target)
         target = target.detach()
     path = _resolve(impl, z, centers)
     grad = torch.is_grad_enabled()

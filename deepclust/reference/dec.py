@@ -35,6 +35,21 @@ def _check_z_centers(z, centers):
     check_same_device(z=z, centers=centers)
 
 
+def _check_dec_loss_args(z, centers, alpha, target) -> float:
+    """Checks shared by this reference and the fused op; returns ``alpha`` as a float."""
+    _check_z_centers(z, centers)
+    alpha = check_positive(alpha, "alpha")
+    if target is not None:
+        n, k = z.shape[0], centers.shape[0]
+        check_tensor(target, "target", ndim=2)
+        if tuple(target.shape) != (n, k):
+            raise ValueError(
+                f"target must have shape (N, K) = ({n}, {k}), got {tuple(target.shape)}"
+            )
+        check_same_device(z=z, target=target)
+    return alpha
+
+
 def _sq_dist(z: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
     """``||z_i - mu_j||^2`` as ``||z||^2 + ||mu||^2 - 2 z mu^T``, clamped at 0 (N x K)."""
     zz = (z * z).sum(dim=1, keepdim=True)
@@ -127,16 +142,7 @@ def dec_loss(
 
     Reference: Xie et al., ICML 2016, eq. (2).
     """
-    _check_z_centers(z, centers)
-    alpha = check_positive(alpha, "alpha")
-    n, k = z.shape[0], centers.shape[0]
-    if target is not None:
-        check_tensor(target, "target", ndim=2)
-        if tuple(target.shape) != (n, k):
-            raise ValueError(
-                f"target must have shape (N, K) = ({n}, {k}), got {tuple(target.shape)}"
-            )
-        check_same_device(z=z, target=target)
+    alpha = _check_dec_loss_args(z, centers, alpha, target)
     ct = _compute_dtype(z.dtype)
     q = _soft_assign(z.to(ct), centers.to(ct), alpha)
     p = _target_distribution(q) if target is None else target.detach().to(ct)
