@@ -47,6 +47,9 @@ def _worker(rank, world_size, init_file, out_dir, fn, args):
     try:
         result = fn(rank, world_size, *args)
         torch.save(result, os.path.join(out_dir, f"{rank}.pt"))
+        # every rank finishes its collectives before any tears the group down: a rank that
+        # destroys gloo's group while its peer is still in one can abort that peer
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

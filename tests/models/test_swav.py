@@ -142,6 +142,7 @@ def _ddp_worker(rank, world, x, state):
     return out.total.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
+@pytest.mark.distributed
 def test_ddp_two_processes_equal_one_on_concatenated_batch():
     model = SwAV(_mlp(), 32, n_prototypes=9, proj_hidden=None, proj_dim=16)
     x = [torch.randn(22, 20) for _ in range(3)]

@@ -218,6 +218,7 @@ def _dist_worker(rank, world, scores, z, p, crops):
     return out
 
 
+@pytest.mark.distributed
 def test_distributed_two_processes_equal_one_on_concatenated_batch():
     z, p = unit(38, 11), unit(13, 11)
     scores = z @ p.t()

@@ -191,6 +191,7 @@ def _dist_worker(rank, world, xs, tau):
     return out
 
 
+@pytest.mark.distributed
 def test_two_processes_equal_one():
     world, b, tau = 2, 5, 0.5
     xs = [
