@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -59,11 +60,21 @@ def run_distributed(fn, *args, world_size: int = 2):
     list of their results (each saved with ``torch.save``). ``fn`` must be a module-level
     function of an importable module (a test module is)."""
     with tempfile.TemporaryDirectory() as d:
-        mp.start_processes(
-            _worker,
-            args=(world_size, os.path.join(d, "init"), d, fn, args),
-            nprocs=world_size,
-            join=True,
-            start_method="spawn",
-        )
-        return [torch.load(os.path.join(d, f"{r}.pt"), weights_only=False) for r in range(world_size)]
+        paths = [os.path.join(d, f"{r}.pt") for r in range(world_size)]
+        try:
+            mp.start_processes(
+                _worker,
+                args=(world_size, os.path.join(d, "init"), d, fn, args),
+                nprocs=world_size,
+                join=True,
+                start_method="spawn",
+            )
+        except mp.ProcessExitedException as exc:
+            # Under load gloo can abort a rank while the group is torn down, after every rank
+            # saved its result and passed the barrier (seen as SIGABRT, "terminate called
+            # without an active exception"). Results that all exist are complete; anything
+            # else is a real failure.
+            if exc.signal_name != "SIGABRT" or not all(os.path.exists(p) for p in paths):
+                raise
+            warnings.warn(f"a rank aborted in gloo teardown after saving its result: {exc}")
+        return [torch.load(p, weights_only=False) for p in paths]
