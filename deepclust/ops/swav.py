@@ -33,7 +33,6 @@ from .._utils import (
     HAS_TRITON,
     all_reduce_max,
     all_reduce_sum,
-    check_positive,
     check_same_device,
     check_tensor,
     get_group,
@@ -42,7 +41,7 @@ from .._utils import (
     triton_interpret,
     world_size,
 )
-from ..reference.swav import _as_crop_list, _check_assign, _check_queue, _check_sinkhorn_args
+from ..reference.swav import _check_sinkhorn_args, _check_swav_args
 
 if HAS_TRITON:
     import triton
@@ -149,6 +148,19 @@ if HAS_TRITON:
             tl.store(LA + rows, -lse, mask=mask_r)
 
     @triton.jit
+    def _scores_and_targets(X, Q, W, v, rows, cols, mask, B, K, A, stride_xv, stride_xb,
+                            stride_xk, inv_tau, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr):
+        """One (rows x cols) tile of crop v: x = X / tau and the soft target t = sum_a W[v, a] Q[a]."""
+        x = tl.load(X + v * stride_xv + rows[:, None] * stride_xb + cols[None, :] * stride_xk,
+                    mask=mask, other=0.0).to(tl.float32) * inv_tau
+        t = tl.zeros((BLOCK_B, BLOCK_K), dtype=tl.float32)
+        for a in range(0, A):
+            w = tl.load(W + v * A + a)
+            q = tl.load(Q + (rows[:, None] + a * B) * K + cols[None, :], mask=mask, other=0.0)
+            t += w * q
+        return x, t
+
+    @triton.jit
     def _swav_ce_fwd_kernel(X, Q, W, ROWLOSS, LSE, TSUM, B, K, A, stride_xv, stride_xb,
                             stride_xk, inv_tau, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr):
         """Per row of crop v: lse of x = X/tau, t = sum_a W[v,a] Q[a], loss = lse*sum t - sum t*x."""
@@ -164,13 +176,8 @@ if HAS_TRITON:
             cols = k0 + tl.arange(0, BLOCK_K).to(tl.int64)
             mask_c = cols < K
             mask = mask_r[:, None] & mask_c[None, :]
-            x = tl.load(X + v * stride_xv + rows[:, None] * stride_xb + cols[None, :] * stride_xk,
-                        mask=mask, other=0.0).to(tl.float32) * inv_tau
-            t = tl.zeros((BLOCK_B, BLOCK_K), dtype=tl.float32)
-            for a in range(0, A):
-                w = tl.load(W + v * A + a)
-                q = tl.load(Q + (rows[:, None] + a * B) * K + cols[None, :], mask=mask, other=0.0)
-                t += w * q
+            x, t = _scores_and_targets(X, Q, W, v, rows, cols, mask, B, K, A, stride_xv,
+                                       stride_xb, stride_xk, inv_tau, BLOCK_B, BLOCK_K)
             tx += tl.sum(t * x, axis=1)
             ts += tl.sum(t, axis=1)
             xm = tl.where(mask, x, float("-inf"))
@@ -198,13 +205,8 @@ if HAS_TRITON:
             cols = k0 + tl.arange(0, BLOCK_K).to(tl.int64)
             mask_c = cols < K
             mask = mask_r[:, None] & mask_c[None, :]
-            x = tl.load(X + v * stride_xv + rows[:, None] * stride_xb + cols[None, :] * stride_xk,
-                        mask=mask, other=0.0).to(tl.float32) * inv_tau
-            t = tl.zeros((BLOCK_B, BLOCK_K), dtype=tl.float32)
-            for a in range(0, A):
-                w = tl.load(W + v * A + a)
-                q = tl.load(Q + (rows[:, None] + a * B) * K + cols[None, :], mask=mask, other=0.0)
-                t += w * q
+            x, t = _scores_and_targets(X, Q, W, v, rows, cols, mask, B, K, A, stride_xv,
+                                       stride_xb, stride_xk, inv_tau, BLOCK_B, BLOCK_K)
             dx = g * (tl.exp(x - lse[:, None]) * ts[:, None] - t)
             tl.store(DX + v * B * K + rows[:, None] * K + cols[None, :],
                      dx.to(DX.dtype.element_ty), mask=mask)
@@ -586,13 +588,10 @@ def swav_loss(crop_scores: Union[Sequence[torch.Tensor], torch.Tensor],
         The scalar loss in the scores' dtype (accumulated in float32), differentiable with
         respect to the crop scores.
     """
-    crops = _as_crop_list(crop_scores)
+    crops, assign, queues, tau, eps, n_iters = _check_swav_args(
+        crop_scores, crops_for_assign, tau, eps, n_iters, queue_scores)
     V = len(crops)
     B, K = crops[0].shape
-    assign = _check_assign(crops_for_assign, V)
-    tau = check_positive(tau, "tau")
-    eps, n_iters = _check_sinkhorn_args(eps, n_iters)
-    queues = _check_queue(queue_scores, len(assign), K, crops[0].device)
     dtype = crops[0].dtype
     path = _pick(impl, crops[0], "crop_scores")
     with torch.no_grad():

@@ -168,6 +168,18 @@ def _check_queue(queue_scores, n_assign, K, dev, name="queue_scores"):
     return out
 
 
+def _check_swav_args(crop_scores, crops_for_assign, tau, eps, n_iters, queue_scores):
+    """Checks shared by this reference and the fused op: crops as a list, the assignment crops,
+    the queues, and ``tau``, ``eps``, ``n_iters`` as numbers."""
+    crops = _as_crop_list(crop_scores)
+    K = crops[0].shape[1]
+    assign = _check_assign(crops_for_assign, len(crops))
+    tau = check_positive(tau, "tau")
+    eps, n_iters = _check_sinkhorn_args(eps, n_iters)
+    queues = _check_queue(queue_scores, len(assign), K, crops[0].device)
+    return crops, assign, queues, tau, eps, n_iters
+
+
 def swav_loss(crop_scores: Union[Sequence[torch.Tensor], torch.Tensor],
               crops_for_assign: Sequence[int] = (0, 1), tau: float = 0.1, eps: float = 0.05,
               n_iters: int = 3, group=None,
@@ -194,13 +206,10 @@ def swav_loss(crop_scores: Union[Sequence[torch.Tensor], torch.Tensor],
         The scalar loss (computed in float32, float64 for float64 input, and cast back to the
         scores' dtype), with gradient to the scores.
     """
-    crops = _as_crop_list(crop_scores)
+    crops, assign, queues, tau, eps, n_iters = _check_swav_args(
+        crop_scores, crops_for_assign, tau, eps, n_iters, queue_scores)
     n = len(crops)
     B, K = crops[0].shape
-    assign = _check_assign(crops_for_assign, n)
-    tau = check_positive(tau, "tau")
-    eps, n_iters = _check_sinkhorn_args(eps, n_iters)
-    queues = _check_queue(queue_scores, len(assign), K, crops[0].device)
     ct = _compute_dtype(crops[0].dtype)
     loss = torch.zeros((), dtype=ct, device=crops[0].device)
     for a, c in enumerate(assign):
