@@ -6,6 +6,7 @@ argument gives a ``TypeError``/``ValueError`` that names it, and picks its imple
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import math
 import os
@@ -41,12 +42,45 @@ def resolve_impl(impl: str, *tensors: torch.Tensor) -> str:
         return "triton" if (HAS_TRITON and on_cuda) else "torch"
     if not HAS_TRITON:
         raise RuntimeError("impl='triton' needs the triton package, which is not installed")
-    if not on_cuda and not triton_interpret():
+    if not on_cuda and not triton_interpret() and not _PRETEND_CUDA:
         raise RuntimeError(
             "impl='triton' needs CUDA tensors, or TRITON_INTERPRET=1 set before importing triton "
             "to run the kernels on the CPU"
         )
     return "triton"
+
+
+# The compile gate (bench/gpu_compile.py) runs the launchers on CPU tensors to record the
+# configurations they pick for a GPU: while this is set, launchers choose as for CUDA.
+_PRETEND_CUDA = False
+
+
+@contextlib.contextmanager
+def pretend_cuda():
+    """Launchers pick their tiles as for a CUDA device (used by the compile gate)."""
+    global _PRETEND_CUDA
+    old, _PRETEND_CUDA = _PRETEND_CUDA, True
+    try:
+        yield
+    finally:
+        _PRETEND_CUDA = old
+
+
+def kernel_target(device: torch.device) -> str:
+    """``"cuda"`` for CUDA tensors (or under :func:`pretend_cuda`), else ``"interpreter"``.
+
+    Tile-choice functions take this as their ``target``; they should give the same tiles for
+    both wherever the sizes allow, so that the interpreter runs what the GPU will run.
+    """
+    return "cuda" if (device.type == "cuda" or _PRETEND_CUDA) else "interpreter"
+
+
+def num_programs(num_blocks: int, device: torch.device, per_sm: int = 8) -> int:
+    """Programs of a persistent grid: ``per_sm`` per SM on CUDA, a few in the interpreter."""
+    if device.type == "cuda":
+        sms = torch.cuda.get_device_properties(device).multi_processor_count
+        return max(1, min(int(num_blocks), per_sm * sms))
+    return max(1, min(int(num_blocks), 3))
 
 
 # ----------------------------------------------------------------------------- input checks
