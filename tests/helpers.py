@@ -9,6 +9,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+# Where tests run Triton paths: CUDA when present (compiled kernels), else the CPU (the
+# interpreter, which conftest turns on). The `device` fixture returns the same device.
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 DTYPE_IDS = ["fp32", "fp16", "bf16"]
 # Slack on top of the reference's own error, per dtype: (atol, rtol of the max |truth|).

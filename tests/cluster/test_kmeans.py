@@ -27,13 +27,15 @@ def _inertia(x, centers, labels):
 
 
 @pytest.mark.parametrize("impl", ["torch", "triton"])
-def test_recovers_separated_blobs(impl):
+def test_recovers_separated_blobs(impl, device):
     x, y = _blobs()
+    x = x.to(device)
     res = kmeans(x, 5, n_init=2, seed=1, backend="torch", impl=impl)
     assert isinstance(res, KMeansResult)
+    assert res.centers.device == x.device and res.labels.device == x.device
     assert res.centers.shape == (5, 7) and res.centers.dtype == torch.float32
     assert res.labels.shape == (301,) and res.labels.dtype == torch.int64
-    assert adjusted_rand_score(y.numpy(), res.labels.numpy()) == 1.0
+    assert adjusted_rand_score(y.numpy(), res.labels.cpu().numpy()) == 1.0
     # The result is self-consistent: labels are the nearest centres, inertia their distances.
     d = torch.cdist(x.double(), res.centers.double())
     assert torch.equal(res.labels, d.argmin(1))

@@ -99,16 +99,16 @@ def test_epochs_sets_iterations(blobs):
     assert info["iterations"] == 2 * 3
 
 
-def test_triton_path_runs(blobs):
-    m = _small(impl="triton")
-    x = blobs.x[:37]
+def test_triton_path_runs(blobs, device):
+    m = _small(impl="triton").to(device)
+    x = blobs.x[:37].to(device)
     m.pretrain(x, epochs=1, batch_size=37)
     m.init_centers(x, n_init=1)
     c0 = m.head.cluster_centers.detach().clone()
     info = m.fit(x, max_iter=2, batch_size=16, update_interval=1, tol=0.0)
     assert info["iterations"] == 2
     assert not torch.equal(m.head.cluster_centers.detach(), c0)
-    ref = _small(impl="torch")
+    ref = _small(impl="torch").to(device)
     ref.load_state_dict(m.state_dict())
     assert torch.equal(m.predict(x), ref.predict(x))
 

@@ -38,13 +38,14 @@ def test_queue_and_momentum():
 
 
 @pytest.mark.parametrize("impl", ["torch", "triton"])
-def test_proto_term_matches_reference(impl):
+def test_proto_term_matches_reference(impl, device):
     torch.manual_seed(0)
     x, _ = _blobs()
-    model = _model()
+    x = x.to(device)
+    model = _model().to(device)
     model.impl = impl
     clusters = model.compute_clusters(model.embed(x), [4, 7], backend="sklearn")
-    idx = torch.arange(0, 37)
+    idx = torch.arange(0, 37, device=device)
     model.generator = torch.Generator().manual_seed(3)
     out = model(x[idx], x[idx], index=idx, cluster_result=clusters)
     q = F.normalize(model.encoder_q(x[idx]), dim=1)

@@ -53,14 +53,14 @@ def test_loss_is_sum_of_the_two_ops(m):
     assert out.total.item() == pytest.approx(want_i + want_c, rel=1e-5)
 
 
-def test_triton_path_same_loss_and_grads():
+def test_triton_path_same_loss_and_grads(device):
     torch.manual_seed(0)
     x = _digits(13)
     g = torch.Generator().manual_seed(2)
-    views = [A.weak_augment(x, g), A.strong_augment(x, g)]
+    views = [A.weak_augment(x, g).to(device), A.strong_augment(x, g).to(device)]
     grads = []
     for impl in ("torch", "triton"):
-        model = _model(impl).eval()  # eval: batch-norm statistics are not updated
+        model = _model(impl).to(device).eval()  # eval: batch-norm statistics are not updated
         out = model.loss(views)
         out.total.backward()
         grads.append((out.total.detach(), [p.grad.clone() for p in model.parameters()]))

@@ -22,10 +22,10 @@ def _ref_target(z, centers, alpha=1.0):
 
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("alpha", [1.0, 2.5])
-def test_forward_equals_reference(impl, alpha):
+def test_forward_equals_reference(impl, alpha, device):
     torch.manual_seed(0)
-    head = DECClusterHead(5, 19, alpha=alpha, impl=impl)
-    z = torch.randn(37, 19)
+    head = DECClusterHead(5, 19, alpha=alpha, impl=impl).to(device)
+    z = torch.randn(37, 19).to(device)
     loss = head(z)
     ref = R.dec_loss(z, head.cluster_centers.detach(), alpha)
     torch.testing.assert_close(loss.detach(), ref, atol=1e-6, rtol=1e-5)
@@ -115,9 +115,9 @@ def test_update_target_without_index_covers_all_rows():
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-def test_cluster_and_predict(impl):
-    head = _head(k=6, d=19, impl=impl)
-    z = torch.randn(37, 19)
+def test_cluster_and_predict(impl, device):
+    head = _head(k=6, d=19, impl=impl).to(device)
+    z = torch.randn(37, 19).to(device)
     c = head.cluster_centers.detach()
     hard = head.cluster(z)
     assert hard.dtype == torch.int64
@@ -163,12 +163,13 @@ def test_state_dict_round_trip():
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-def test_gradients_flow_to_centers_and_z(impl):
+def test_gradients_flow_to_centers_and_z(impl, device):
     torch.manual_seed(0)
-    head = DECClusterHead(5, 19, impl=impl)
-    z = torch.randn(37, 19, requires_grad=True)
-    head.update_target(z.detach(), index=torch.arange(37))
-    head(z, update_target=False, index=torch.arange(37)).backward()
+    head = DECClusterHead(5, 19, impl=impl).to(device)
+    z = torch.randn(37, 19).to(device).requires_grad_(True)
+    ids = torch.arange(37, device=device)
+    head.update_target(z.detach(), index=ids)
+    head(z, update_target=False, index=ids).backward()
     z2 = z.detach().clone().requires_grad_(True)
     c2 = head.cluster_centers.detach().clone().requires_grad_(True)
     R.dec_loss(z2, c2, target=_ref_target(z2, c2)).backward()
