@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 # GPU machine: its provisioned python3 already has torch, triton, PyG and pytest.
 GPU_PYTHON ?= python3
 
-.PHONY: venv demo test test-gpu bench bench-gpu ctest clean
+.PHONY: venv demo test test-gpu bench bench-gpu ctest gpu-compile clean
 
 $(STAMP): pyproject.toml setup.py requirements-dev.txt $(wildcard csrc/*) $(wildcard kernels/*)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,20 @@ bench: $(BENCH_STAMP)
 
 bench-gpu:
 	$(GPU_PYTHON) -m bench.run_all
+
+# The GPU compile gate (no GPU needed): every Triton kernel at every configuration its launcher
+# picks for the tests' and benchmarks' sizes, compiled for sm_80 and sm_90 with the pinned Triton
+# and with Triton 3.6.0 (the GPU machine's, installed apart), plus the CUDA extension with nvcc.
+# Fails on a compile error, shared memory over the limit, or a spill in a benchmark
+# configuration; writes bench/results/compile.csv. Triton's cache makes a second run quick.
+TRITON_ALT ?= 3.6.0
+TRITON_ALT_DIR := build/triton-$(TRITON_ALT)
+$(TRITON_ALT_DIR)/.installed: $(STAMP)
+	$(PY) -m pip install -q --no-deps --target $(TRITON_ALT_DIR) triton==$(TRITON_ALT)
+	touch $@
+
+gpu-compile: $(STAMP) $(TRITON_ALT_DIR)/.installed
+	$(PY) -m bench.gpu_compile --triton-path $(TRITON_ALT_DIR) $(GPU_COMPILE_ARGS)
 
 # C++ unit tests of the extension's CPU kernels, built with CMake against the venv's libtorch.
 ctest: $(STAMP)
