@@ -59,10 +59,27 @@ def _worker(rank, world_size, init_file, out_dir, fn, args):
         dist.destroy_process_group()
 
 
-def run_distributed(fn, *args, world_size: int = 2):
+def run_distributed(fn, *args, world_size: int = 2, interpret: bool = False):
     """Run ``fn(rank, world_size, *args)`` in ``world_size`` processes on gloo and return the
     list of their results (each saved with ``torch.save``). ``fn`` must be a module-level
-    function of an importable module (a test module is)."""
+    function of an importable module (a test module is).
+
+    gloo reduces CPU tensors, so a test of the Triton path over several processes runs the
+    kernels in the interpreter in its workers, also on a CUDA machine: ``interpret=True`` sets
+    ``TRITON_INTERPRET=1`` for the spawned processes (they import triton afresh)."""
+    old = os.environ.get("TRITON_INTERPRET")
+    if interpret:
+        os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        return _run_distributed(fn, args, world_size)
+    finally:
+        if old is None:
+            os.environ.pop("TRITON_INTERPRET", None)
+        else:
+            os.environ["TRITON_INTERPRET"] = old
+
+
+def _run_distributed(fn, args, world_size):
     with tempfile.TemporaryDirectory() as d:
         paths = [os.path.join(d, f"{r}.pt") for r in range(world_size)]
         try:
