@@ -1,53 +1,60 @@
-// CUDA kernels of the recon ops (schemas in csrc/recon.cpp): the rejection-free negative
-// sampler (same counter-based draws as the CPU kernel, so one seed gives the same samples on
-// both devices) and the fused reconstruction loss, one warp per edge, scores recomputed in the
-// backward pass and scattered into dz with atomicAdd (fp32 accumulation for fp16/bf16 inputs,
-// fp64 for fp64).
-#include <ATen/ATen.h>
+// Torch-facing launchers of the recon CUDA kernels (schemas in csrc/recon.cpp): argument checks,
+// the sampler's gap table, allocation and dtype dispatch, then the kernels of
+// kernels/recon_kernels.cu (same counter-based draws as the CPU kernel; fp32 accumulation for
+// fp16/bf16, fp64 for fp64). Needs torch's own headers and the CUDA runtime only: the current
+// stream from c10/cuda/CUDAStream.h, the SM count from cudaDeviceGetAttribute (not
+// ATen/cuda/CUDAContext.h, which pulls in cuBLAS, cuSPARSE and cuSOLVER headers).
+// Per-operator ATen headers (not ATen/ATen.h) keep this file quick to compile.
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS
 #include <ATen/Dispatch.h>
-#include <ATen/cuda/CUDAContext.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/aminmax.h>
+#include <ATen/ops/arange.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/eq.h>
+#include <ATen/ops/gt.h>
+#include <ATen/ops/scalar_tensor.h>
+#include <ATen/ops/sort.h>
+#include <ATen/ops/unique_consecutive.h>
+#include <ATen/ops/where.h>
+#include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime_api.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cstdint>
 
 #include "../csrc/recon.h"
-#include "../csrc/recon_common.h"
+#include "recon_kernels.cuh"
 
 namespace deepclust {
 namespace {
 
-constexpr int kThreads = 256;
-constexpr int kWarpsPerBlock = kThreads / 32;
-
-int64_t num_blocks(int64_t work_items, int64_t items_per_block) {
-  const int64_t want = (work_items + items_per_block - 1) / items_per_block;
-  const int64_t cap =
-      static_cast<int64_t>(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * 32;
-  return std::max<int64_t>(1, std::min(want, cap));
-}
-
-template <typename acc_t>
-struct CudaAcc {
-  using type = float;
+// torch's storage types -> the CUDA types the kernels are instantiated for (same layout).
+template <typename T>
+struct CudaType {
+  using type = T;
 };
 template <>
-struct CudaAcc<double> {
-  using type = double;
+struct CudaType<c10::Half> {
+  using type = __half;
 };
+template <>
+struct CudaType<c10::BFloat16> {
+  using type = __nv_bfloat16;
+};
+static_assert(sizeof(c10::Half) == sizeof(__half) && sizeof(c10::BFloat16) == sizeof(__nv_bfloat16),
+              "torch's and CUDA's 16-bit floats must share a layout");
 
-// ------------------------------------------------------------------------------ sampler
-__global__ void negative_sampling_kernel(const int64_t* __restrict__ gaps, int64_t n_gaps,
-                                         int64_t num_nodes, int64_t non_edges, uint64_t seed,
-                                         int64_t num_samples, int64_t* __restrict__ out_u,
-                                         int64_t* __restrict__ out_v) {
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < num_samples;
-       i += stride) {
-    draw_negative(seed, i, gaps, n_gaps, num_nodes, non_edges, out_u + i, out_v + i);
-  }
+int sm_count(const at::Device& device) {
+  int n = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device.index()));
+  return n;
 }
 
 at::Tensor negative_sampling_cuda(const at::Tensor& edge_index, int64_t num_nodes,
@@ -69,7 +76,7 @@ at::Tensor negative_sampling_cuda(const at::Tensor& edge_index, int64_t num_node
     auto src = edge_index.select(0, 0);
     auto dst = edge_index.select(0, 1);
     const int64_t nm1 = std::max<int64_t>(num_nodes - 1, 1);
-    auto keys = src * nm1 + dst - at::gt(dst, src).to(at::kLong);
+    auto keys = src.mul(nm1).add(dst).sub(at::gt(dst, src).to(at::kLong));
     keys = at::where(at::eq(src, dst), at::scalar_tensor(INT64_MAX, keys.options()), keys);
     keys = std::get<0>(at::sort(keys));
     keys = std::get<0>(at::unique_consecutive(keys));
@@ -77,84 +84,19 @@ at::Tensor negative_sampling_cuda(const at::Tensor& edge_index, int64_t num_node
     if (n_keys > 0 && keys.select(0, n_keys - 1).item<int64_t>() == INT64_MAX) {
       keys = keys.slice(0, 0, n_keys - 1);
     }
-    gaps = (keys - at::arange(keys.numel(), keys.options())).contiguous();
+    gaps = keys.sub(at::arange(keys.numel(), keys.options())).contiguous();
   }
   const int64_t m = gaps.numel();
   const int64_t non_edges = num_nodes < 2 ? 0 : num_nodes * (num_nodes - 1) - m;
   TORCH_CHECK_VALUE(non_edges > 0, "no negative pair exists: every ordered pair (u, v), u != v, of the ",
               num_nodes, " nodes is an edge (complete graph)");
 
-  auto stream = at::cuda::getCurrentCUDAStream();
-  const int64_t blocks = num_blocks(num_neg_samples, kThreads);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
   int64_t* ou = out.data_ptr<int64_t>();
-  negative_sampling_kernel<<<static_cast<unsigned int>(blocks), kThreads, 0, stream>>>(
-      gaps.data_ptr<int64_t>(), m, num_nodes, non_edges, static_cast<uint64_t>(seed),
-      num_neg_samples, ou, ou + num_neg_samples);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  C10_CUDA_CHECK(cuda::launch_negative_sampling(gaps.data_ptr<int64_t>(), m, num_nodes, non_edges,
+                                                static_cast<uint64_t>(seed), num_neg_samples, ou,
+                                                ou + num_neg_samples, sm_count(out.device()), stream));
   return out;
-}
-
-// ------------------------------------------------------------------------------ loss
-template <typename scalar_t, typename acc_t>
-__device__ __forceinline__ acc_t warp_dot(const scalar_t* __restrict__ zu,
-                                          const scalar_t* __restrict__ zv, int64_t d, int lane) {
-  acc_t s = acc_t(0);
-  for (int64_t j = lane; j < d; j += 32) {
-    s += static_cast<acc_t>(zu[j]) * static_cast<acc_t>(zv[j]);
-  }
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
-  return s;  // every lane holds the full sum
-}
-
-// sums[0] += sum_e softplus(sign * z_u . z_v), sign = -1 for positive edges, +1 for negatives.
-template <typename scalar_t, typename acc_t>
-__global__ void recon_fwd_kernel(const scalar_t* __restrict__ z, int64_t num_nodes, int64_t d,
-                                 const int64_t* __restrict__ src, const int64_t* __restrict__ dst,
-                                 int64_t E, bool positive, double* __restrict__ sum) {
-  __shared__ double block_part[kWarpsPerBlock];
-  const int lane = threadIdx.x & 31;
-  const int warp_in_block = threadIdx.x >> 5;
-  const int64_t warp = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
-  const int64_t n_warps = (static_cast<int64_t>(gridDim.x) * blockDim.x) >> 5;
-  double local = 0.0;
-  for (int64_t e = warp; e < E; e += n_warps) {
-    const int64_t u = src[e], v = dst[e];
-    CUDA_KERNEL_ASSERT(u >= 0 && u < num_nodes && v >= 0 && v < num_nodes);
-    const acc_t s = warp_dot<scalar_t, acc_t>(z + u * d, z + v * d, d, lane);
-    if (lane == 0) local += static_cast<double>(softplus<acc_t>(positive ? -s : s));
-  }
-  if (lane == 0) block_part[warp_in_block] = local;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    double t = 0.0;
-    for (int w = 0; w < kWarpsPerBlock; ++w) t += block_part[w];
-    atomicAdd(sum, t);
-  }
-}
-
-// dz[u] += c_e z_v, dz[v] += c_e z_u with c_e = -sigmoid(-s) g / E (pos) or sigmoid(s) g / E (neg).
-template <typename scalar_t, typename acc_t>
-__global__ void recon_bwd_kernel(const scalar_t* __restrict__ z, int64_t num_nodes, int64_t d,
-                                 const int64_t* __restrict__ src, const int64_t* __restrict__ dst,
-                                 int64_t E, bool positive, const acc_t* __restrict__ grad,
-                                 acc_t inv_count, acc_t* __restrict__ dz) {
-  const int lane = threadIdx.x & 31;
-  const int64_t warp = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
-  const int64_t n_warps = (static_cast<int64_t>(gridDim.x) * blockDim.x) >> 5;
-  const acc_t g = grad[0] * inv_count;
-  for (int64_t e = warp; e < E; e += n_warps) {
-    const int64_t u = src[e], v = dst[e];
-    CUDA_KERNEL_ASSERT(u >= 0 && u < num_nodes && v >= 0 && v < num_nodes);
-    const scalar_t* zu = z + u * d;
-    const scalar_t* zv = z + v * d;
-    const acc_t s = warp_dot<scalar_t, acc_t>(zu, zv, d, lane);
-    const acc_t c = positive ? -sigmoid<acc_t>(-s) * g : sigmoid<acc_t>(s) * g;
-    for (int64_t j = lane; j < d; j += 32) {
-      atomicAdd(dz + u * d + j, c * static_cast<acc_t>(zv[j]));
-      atomicAdd(dz + v * d + j, c * static_cast<acc_t>(zu[j]));
-    }
-  }
 }
 
 at::Tensor recon_loss_fwd_cuda(const at::Tensor& z_in, const at::Tensor& pos_in,
@@ -168,23 +110,18 @@ at::Tensor recon_loss_fwd_cuda(const at::Tensor& z_in, const at::Tensor& pos_in,
   const int64_t N = z.size(0), d = z.size(1);
   const int64_t Ep = pos.size(1), En = neg.size(1);
   auto sums = at::zeros({2}, z.options().dtype(at::kDouble));
-  auto stream = at::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  const int sms = sm_count(z.device());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "recon_loss_fwd_cuda", [&] {
-    using acc_t = typename CudaAcc<scalar_t>::type;
-    const scalar_t* zp = z.data_ptr<scalar_t>();
+    using cuda_t = typename CudaType<scalar_t>::type;
+    const cuda_t* zp = reinterpret_cast<const cuda_t*>(z.data_ptr<scalar_t>());
     const int64_t* ps = pos.data_ptr<int64_t>();
     const int64_t* ns = neg.data_ptr<int64_t>();
     double* sp = sums.data_ptr<double>();
-    recon_fwd_kernel<scalar_t, acc_t>
-        <<<static_cast<unsigned int>(num_blocks(Ep, kWarpsPerBlock)), kThreads, 0, stream>>>(
-            zp, N, d, ps, ps + Ep, Ep, true, sp);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    recon_fwd_kernel<scalar_t, acc_t>
-        <<<static_cast<unsigned int>(num_blocks(En, kWarpsPerBlock)), kThreads, 0, stream>>>(
-            zp, N, d, ns, ns + En, En, false, sp + 1);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    C10_CUDA_CHECK(cuda::launch_recon_fwd<cuda_t>(zp, N, d, ps, ps + Ep, Ep, true, sp, sms, stream));
+    C10_CUDA_CHECK(cuda::launch_recon_fwd<cuda_t>(zp, N, d, ns, ns + En, En, false, sp + 1, sms, stream));
   });
-  auto loss = sums.select(0, 0) / static_cast<double>(Ep) + sums.select(0, 1) / static_cast<double>(En);
+  auto loss = sums.select(0, 0).div(static_cast<double>(Ep)).add(sums.select(0, 1).div(static_cast<double>(En)));
   return loss.to(z.scalar_type());
 }
 
@@ -203,22 +140,20 @@ at::Tensor recon_loss_bwd_cuda(const at::Tensor& grad, const at::Tensor& z_in, c
   const auto acc_type = z.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   auto dz_acc = at::zeros({N, d}, z.options().dtype(acc_type));
   auto g = grad.reshape({1}).to(acc_type).contiguous();
-  auto stream = at::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  const int sms = sm_count(z.device());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "recon_loss_bwd_cuda", [&] {
-    using acc_t = typename CudaAcc<scalar_t>::type;
-    const scalar_t* zp = z.data_ptr<scalar_t>();
+    using cuda_t = typename CudaType<scalar_t>::type;
+    using acc_t = typename cuda::AccOf<cuda_t>::type;
+    const cuda_t* zp = reinterpret_cast<const cuda_t*>(z.data_ptr<scalar_t>());
     const int64_t* ps = pos.data_ptr<int64_t>();
     const int64_t* ns = neg.data_ptr<int64_t>();
     const acc_t* gp = g.data_ptr<acc_t>();
     acc_t* dzp = dz_acc.data_ptr<acc_t>();
-    recon_bwd_kernel<scalar_t, acc_t>
-        <<<static_cast<unsigned int>(num_blocks(Ep, kWarpsPerBlock)), kThreads, 0, stream>>>(
-            zp, N, d, ps, ps + Ep, Ep, true, gp, acc_t(1.0 / static_cast<double>(Ep)), dzp);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    recon_bwd_kernel<scalar_t, acc_t>
-        <<<static_cast<unsigned int>(num_blocks(En, kWarpsPerBlock)), kThreads, 0, stream>>>(
-            zp, N, d, ns, ns + En, En, false, gp, acc_t(1.0 / static_cast<double>(En)), dzp);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    C10_CUDA_CHECK(cuda::launch_recon_bwd<cuda_t>(zp, N, d, ps, ps + Ep, Ep, true, gp,
+                                                  acc_t(1.0 / static_cast<double>(Ep)), dzp, sms, stream));
+    C10_CUDA_CHECK(cuda::launch_recon_bwd<cuda_t>(zp, N, d, ns, ns + En, En, false, gp,
+                                                  acc_t(1.0 / static_cast<double>(En)), dzp, sms, stream));
   });
   return dz_acc.scalar_type() == z.scalar_type() ? dz_acc : dz_acc.to(z.scalar_type());
 }
