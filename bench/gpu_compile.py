@@ -38,10 +38,6 @@ RESULTS = Path(__file__).resolve().parent / "results"
 ARCHS = (80, 90)
 # Per-block dynamic shared memory (opt-in maximum) and per-SM shared memory, bytes.
 SMEM_PER_BLOCK = {80: 166912, 90: 232448}
-SMEM_PER_SM = {80: 167936, 90: 233472}
-REGS_PER_SM = 65536
-MAX_WARPS_PER_SM = 64
-MAX_BLOCKS_PER_SM = 32
 BENCH_SCRIPTS = ("dec", "sinkhorn", "swav_loss", "contrastive", "prototype")
 COLUMNS = ["kernel", "config", "arch", "compiler", "registers", "stack_bytes", "spill_stores",
            "spill_loads", "shared_bytes", "warps", "occupancy_warps_per_sm", "used_by", "status",
@@ -283,13 +279,11 @@ def _config_text(cfg) -> str:
 
 
 def _occupancy(regs: int, warps: int, shared: int, arch: int) -> int:
-    """Resident warps per SM that the registers, shared memory and warps of one block allow."""
-    regs_per_warp = ((max(regs, 1) * 32 + 255) // 256) * 256
-    by_regs = REGS_PER_SM // (regs_per_warp * warps)
-    by_smem = SMEM_PER_SM[arch] // (shared + 1024) if shared else MAX_BLOCKS_PER_SM
-    by_warps = MAX_WARPS_PER_SM // warps
-    blocks = max(0, min(by_regs, by_smem, by_warps, MAX_BLOCKS_PER_SM))
-    return blocks * warps
+    """Resident warps per SM that the registers, shared memory and warps of one block allow
+    (per-sub-partition register allocation, as the CUDA occupancy calculator does)."""
+    from bench.nvcc_gate import occupancy_warps_per_sm
+
+    return occupancy_warps_per_sm(arch, regs, shared, warps * 32) or 0
 
 
 def _cuobjdump():
@@ -335,12 +329,13 @@ def _compile_one(job):
         regs, stack, _static_smem, local = _res_usage(k.asm["cubin"])
         shared = int(k.metadata.shared)
         warps = int(k.metadata.num_warps)
-        row.update(registers=regs, stack_bytes=stack, shared_bytes=shared, warps=warps,
-                   spill_stores=local, spill_loads=local,
-                   occupancy_warps_per_sm=_occupancy(regs, warps, shared, arch))
+        # cuobjdump gives the stack frame and local memory per thread, not spill byte counts:
+        # any of either is a spill here (these kernels declare no local arrays).
+        row.update(registers=regs, stack_bytes=max(stack, local), shared_bytes=shared,
+                   warps=warps, occupancy_warps_per_sm=_occupancy(regs, warps, shared, arch))
         if shared > SMEM_PER_BLOCK[arch]:
             row.update(status="smem", error=f"shared {shared} B > {SMEM_PER_BLOCK[arch]} B")
-        elif stack > 0:
+        elif stack > 0 or local > 0:
             row["status"] = "spill"
     except Exception as exc:
         row.update(status="error", error=f"{type(exc).__name__}: {str(exc)[:300]}")
@@ -377,6 +372,10 @@ def _compile_with(triton_path: str, configs, archs, jobs):
 
 
 # ----------------------------------------------------------------------------- gate
+def _bench_used(row) -> bool:
+    return "bench" in str(row.get("used_by", "")).split("+")
+
+
 def failures(rows):
     """The rows that fail the gate: errors, shared memory over the limit, spills in benchmark
     configurations."""
@@ -384,7 +383,7 @@ def failures(rows):
     for r in rows:
         if r["status"] in ("error", "smem"):
             bad.append(r)
-        elif r["status"] == "spill" and "bench" in r["used_by"].split("+"):
+        elif r["status"] == "spill" and _bench_used(r):
             bad.append(r)
         elif r["status"] not in ("ok", "spill", "skipped"):
             bad.append(r)
@@ -411,7 +410,7 @@ def _summary(rows) -> str:
         s[0] += 1
         if r["status"] == "spill":
             s[1] += 1
-            s[2] += "bench" in r["used_by"]
+            s[2] += _bench_used(r)
         if r["status"] in ("error", "smem"):
             s[3] += 1
         if r.get("registers") not in ("", None):
