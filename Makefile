@@ -47,6 +47,16 @@ bench: $(BENCH_STAMP)
 bench-gpu:
 	$(GPU_PYTHON) -m bench.run_all
 
+# The one command a session with a lent GPU runs first (install, tests compiled on CUDA, headline
+# benchmarks fp32/bf16; under 6 minutes): log.txt, summary.md, summary.json, junit.xml and
+# bench.csv in OUT. `gpu-check-dry` runs the same script's plumbing on the CPU (interpreter).
+.PHONY: gpu-check gpu-check-dry
+gpu-check:
+	$(GPU_PYTHON) -m bench.gpu_check --out $(or $(OUT),build/gpu-check)
+
+gpu-check-dry: $(STAMP)
+	$(PY) -m bench.gpu_check --dry --out $(or $(OUT),build/gpu-check-dry)
+
 # The GPU compile gate (no GPU needed): every Triton kernel at every configuration its launcher
 # picks for the tests' and benchmarks' sizes, compiled for sm_80 and sm_90 with the pinned Triton
 # and with Triton 3.6.0 (the GPU machine's, installed apart), plus the CUDA extension with nvcc.

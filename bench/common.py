@@ -10,9 +10,18 @@ callable; the helper times it and measures its peak memory:
   the peak RSS of a fresh subprocess that runs only that case, above its RSS after building the
   inputs.
 
-Every case appends one long-format row to the CSV (``bench/results/<name>.csv`` by default). An
-out-of-memory error is a row with ``status=OOM``, not a crash; a provider whose package is
-missing (``make`` raises ImportError) is skipped with a message.
+Every case appends one long-format row to the CSV (``bench/results/<name>.csv`` by default;
+``--out`` names another file, or a folder that then gets ``<name>.csv``). An out-of-memory
+error is a row with ``status=OOM``; any other error is a row with ``status=error`` and the
+message in the ``error`` column, printed to stderr, and the run goes on with the next case. A
+provider whose package is missing (``make`` raises ImportError) is skipped with a message.
+``--max-seconds`` (or ``--deadline``, a Unix time) stops starting new cases once that many
+seconds are spent (the cases are ordered smallest first, so the cut falls on the largest sizes;
+``--min-cases`` measures that many rows whatever the budget says); ``--headline`` asks a script
+for its one or two representative sizes only.
+
+CSV files written before the ``error`` column existed still read (:func:`read_rows` fills the
+missing column with ``""``) and are upgraded in place when a row is appended to them.
 """
 from __future__ import annotations
 
@@ -34,9 +43,10 @@ from typing import Callable, Iterable, Optional
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
+ROWS_WRITTEN = 0  # rows this process has appended (bench.run_all reports it per script)
 COLUMNS = [
     "timestamp", "op", "provider", "mode", "sizes", "dtype", "median_ms", "p20_ms", "p80_ms",
-    "peak_mb", "bytes_moved", "gbps", "status", "device", "torch", "triton", "commit",
+    "peak_mb", "bytes_moved", "gbps", "status", "device", "torch", "triton", "commit", "error",
 ]
 
 
@@ -60,7 +70,10 @@ class Case:
 
 def device_name(device: str) -> str:
     if device.startswith("cuda"):
-        return torch.cuda.get_device_name(torch.device(device))
+        try:
+            return torch.cuda.get_device_name(torch.device(device))
+        except Exception:  # noqa: BLE001 - no CUDA here: the row still gets written
+            return device
     proc = platform.processor() or platform.machine()
     return f"cpu ({proc}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
 
@@ -169,6 +182,32 @@ def measure(case: Case, device: str, *, rep: int = 5) -> dict:
     return {"median_ms": med, "p20_ms": p20, "p80_ms": p80, "peak_mb": peak, "status": "ok"}
 
 
+def _one_line(msg: str, limit: int = 500) -> str:
+    return " ".join(str(msg).split())[:limit]
+
+
+_CUDA_BROKEN = ("illegal memory access", "device-side assert", "unspecified launch failure",
+                "misaligned address", "illegal instruction", "cuda error: an illegal")
+
+
+def _cuda_broken(msg: str) -> bool:
+    """Whether an error message says the CUDA context is lost (every later call would fail)."""
+    m = msg.lower()
+    return any(p in m for p in _CUDA_BROKEN)
+
+
+def _error_result(exc: BaseException) -> dict:
+    """The result of a case that raised: OOM, a skip (a peer's package is missing) or an error."""
+    if _is_oom(exc):
+        return {"status": "OOM"}
+    msg = _one_line(f"{type(exc).__name__}: {exc}")
+    # A missing peer package is a skip; a missing piece of deepclust itself is an error.
+    missing = getattr(exc, "name", None) or ""
+    if isinstance(exc, ImportError) and not (missing == "deepclust" or missing.startswith("deepclust.")):
+        return {"status": "skip", "error": msg}
+    return {"status": "error", "error": msg}
+
+
 def _row(case: Case, device: str, res: dict) -> dict:
     tv, trv, commit = _versions()
     gbps = ""
@@ -183,14 +222,34 @@ def _row(case: Case, device: str, res: dict) -> dict:
         "p80_ms": fmt(res.get("p80_ms")), "peak_mb": fmt(res.get("peak_mb")),
         "bytes_moved": case.bytes_moved or "", "gbps": gbps, "status": res["status"],
         "device": device_name(device), "torch": tv, "triton": trv, "commit": commit,
+        "error": res.get("error", ""),
     }
 
 
+def _header(path: Path) -> list:
+    with open(path, newline="") as f:
+        return next(csv.reader(f), [])
+
+
 def append_rows(path: Path, rows: Iterable[dict]) -> None:
+    """Append rows to a CSV, writing the header to a new file. A file written with an older
+    column list (a prefix of :data:`COLUMNS`, e.g. without ``error``) is first rewritten with
+    the current header, its rows keeping their values and getting ``""`` in the new columns."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     new = not path.exists() or path.stat().st_size == 0
+    if not new:
+        header = _header(path)
+        if header != COLUMNS:
+            old = read_rows(path)
+            tmp = path.with_name(path.name + ".tmp")
+            with open(tmp, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+                w.writeheader()
+                w.writerows(old)
+            os.replace(tmp, path)
     with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         if new:
             w.writeheader()
         for r in rows:
@@ -198,16 +257,23 @@ def append_rows(path: Path, rows: Iterable[dict]) -> None:
 
 
 def read_rows(path: Path) -> list:
+    """Rows of a benchmark CSV as dicts with every column of :data:`COLUMNS` (``""`` where an
+    older file lacks one)."""
     with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        for c in COLUMNS:
+            if r.get(c) is None:
+                r[c] = ""
+    return rows
 
 
 def _run_isolated(script: str, key: str, device: str, rep: int, timeout: float,
-                  quick: bool = False) -> dict:
+                  quick: bool = False, headline: bool = False) -> dict:
     """Run one case in a fresh interpreter so its peak RSS is its own. The child builds the
-    same case list (``quick`` included) and measures the case with this key."""
+    same case list (``quick`` and ``headline`` included) and measures the case with this key."""
     cmd = [sys.executable, "-m", f"bench.{script}", "--one", key, "--device", device,
-           "--rep", str(rep)] + (["--quick"] if quick else [])
+           "--rep", str(rep)] + (["--quick"] if quick else []) + (["--headline"] if headline else [])
     root = Path(__file__).resolve().parents[1]
     # A fixed mmap threshold turns off glibc's dynamic threshold, so large buffers are mapped
     # and unmapped per allocation and the RSS after the warm-up call is the inputs' alone.
@@ -215,81 +281,141 @@ def _run_isolated(script: str, key: str, device: str, rep: int, timeout: float,
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=root, env=env)
     except subprocess.TimeoutExpired:
-        return {"status": "timeout"}
+        return {"status": "timeout", "error": f"no result after {timeout:g} s"}
     for line in reversed(p.stdout.splitlines()):
         if line.startswith("RESULT "):
             return json.loads(line[7:])
     err = (p.stderr or "").strip().splitlines()
     if p.returncode in (-9, 137) or any(_is_oom(Exception(e)) for e in err[-3:]):
         return {"status": "OOM"}
-    return {"status": "error: " + (err[-1][:200] if err else f"exit {p.returncode}")}
+    return {"status": "error",
+            "error": _one_line(err[-1] if err else f"child exited with status {p.returncode}")}
+
+
+def _output_path(out: Optional[str], name: str) -> Path:
+    """``--out``: a ``.csv`` path is the file itself, anything else a folder for ``<name>.csv``."""
+    if not out:
+        return RESULTS / f"{name}.csv"
+    p = Path(out)
+    return p if p.suffix.lower() == ".csv" else p / f"{name}.csv"
+
+
+def parser(name: str) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=f"benchmark: {name}")
+    ap.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
+    ap.add_argument("--headline", action="store_true",
+                    help="only the script's one or two representative large sizes")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--out", default=None,
+                    help=f"CSV file (*.csv) or folder for {name}.csv (default bench/results)")
+    ap.add_argument("--provider", action="append", default=None, help="only these providers")
+    ap.add_argument("--rep", type=int, default=5, help="timed repetitions on the CPU")
+    ap.add_argument("--timeout", type=float, default=600.0, help="seconds per CPU case")
+    ap.add_argument("--max-seconds", type=float, default=None,
+                    help="start no new case after this many seconds (the largest sizes come last)")
+    ap.add_argument("--deadline", type=float, default=None,
+                    help="start no new case after this Unix time (a budget that counts the "
+                         "interpreter's start-up too)")
+    ap.add_argument("--min-cases", type=int, default=0,
+                    help="measure at least this many cases even when the budget is spent")
+    ap.add_argument("--in-process", action="store_true",
+                    help="CPU: measure in this process (peak RSS then includes earlier cases)")
+    ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
+    return ap
 
 
 def main(name: str, cases: Callable[[argparse.Namespace], Iterable[Case]], argv=None) -> list:
     """Command line of a benchmark script: run its cases and append rows to the CSV."""
-    ap = argparse.ArgumentParser(description=f"benchmark: {name}")
-    ap.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--out", default=None, help=f"CSV path (default bench/results/{name}.csv)")
-    ap.add_argument("--provider", action="append", default=None, help="only these providers")
-    ap.add_argument("--rep", type=int, default=5, help="timed repetitions on the CPU")
-    ap.add_argument("--timeout", type=float, default=600.0, help="seconds per CPU case")
-    ap.add_argument("--in-process", action="store_true",
-                    help="CPU: measure in this process (peak RSS then includes earlier cases)")
-    ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
+    t_start = time.monotonic()
+    args = parser(name).parse_args(argv)
 
     all_cases = list(cases(args))
     if args.one is not None:  # child process of _run_isolated
         case = next((c for c in all_cases if c.key == args.one), None)
         if case is None:
-            print("RESULT " + json.dumps({"status": f"error: no case {args.one}"}), flush=True)
+            print("RESULT " + json.dumps({"status": "error", "error": f"no case {args.one}"}),
+                  flush=True)
             return []
         try:
             res = measure(case, args.device, rep=args.rep)
         except Exception as exc:  # noqa: BLE001 - reported as a row
-            res = {"status": "OOM" if _is_oom(exc) else f"error: {type(exc).__name__}: {exc}"[:200]}
+            res = _error_result(exc)
         print("RESULT " + json.dumps(res), flush=True)
         return [res]
 
-    out = Path(args.out) if args.out else RESULTS / f"{name}.csv"
+    out = _output_path(args.out, name)
+    cuda = args.device.startswith("cuda")
+    selected = [c for c in all_cases if not args.provider or c.provider in args.provider]
     rows = []
-    for case in all_cases:
-        if args.provider and case.provider not in args.provider:
-            continue
-        if case.provider.endswith("triton") and not args.device.startswith("cuda"):
+    for i, case in enumerate(selected):
+        over = args.max_seconds is not None and time.monotonic() - t_start >= args.max_seconds
+        late = args.deadline is not None and time.time() >= args.deadline
+        if (over or late) and len(rows) >= args.min_cases:
+            left = selected[i:]
+            budget = f"{args.max_seconds:g} s" if over else "--deadline"
+            print(f"budget of {budget} spent: {len(left)} case(s) of bench.{name} "
+                  f"not started, from {left[0].op} {json.dumps(left[0].sizes, sort_keys=True)} "
+                  f"{left[0].dtype} {left[0].provider}", file=sys.stderr, flush=True)
+            break
+        if case.provider.endswith("triton") and not cuda:
             from deepclust._utils import triton_interpret
 
             if not triton_interpret():
                 print(f"skip {case.op}/{case.provider}: Triton needs CUDA", file=sys.stderr)
                 continue
-        try:
-            case.make  # noqa: B018 - providers check their imports inside make()
-            if args.device.startswith("cuda") or args.in_process:
-                try:
-                    res = measure(case, args.device, rep=args.rep)
-                except ImportError as exc:
-                    print(f"skip {case.op}/{case.provider}: {exc}", file=sys.stderr)
-                    continue
-                except Exception as exc:  # noqa: BLE001
-                    if not _is_oom(exc):
-                        raise
-                    res = {"status": "OOM"}
-                    if args.device.startswith("cuda"):
+        if cuda or args.in_process:
+            try:
+                res = measure(case, args.device, rep=args.rep)
+            except KeyboardInterrupt:
+                raise
+            except Exception as exc:  # noqa: BLE001 - every failure is a row, the run goes on
+                res = _error_result(exc)
+                if res["status"] == "error":
+                    import traceback
+
+                    traceback.print_exc(file=sys.stderr)
+                if cuda:
+                    try:
+                        torch.cuda.synchronize()
                         torch.cuda.empty_cache()
-            else:
-                res = _run_isolated(name, case.key, args.device, args.rep, args.timeout,
-                                    quick=args.quick)
-                if res["status"].startswith("error: ImportError") or res["status"].startswith(
-                    "error: ModuleNotFoundError"
-                ):
-                    print(f"skip {case.op}/{case.provider}: {res['status']}", file=sys.stderr)
-                    continue
-        except KeyboardInterrupt:
-            raise
+                    except Exception:  # noqa: BLE001 - a sticky CUDA error shows on the next case
+                        pass
+        else:
+            res = _run_isolated(name, case.key, args.device, args.rep, args.timeout,
+                                quick=args.quick, headline=args.headline)
+        if res["status"] == "skip":
+            print(f"skip {case.op}/{case.provider}: {res.get('error', '')}", file=sys.stderr)
+            continue
         row = _row(case, args.device, res)
         rows.append(row)
         append_rows(out, [row])
+        global ROWS_WRITTEN
+        ROWS_WRITTEN += 1
+        if row["error"]:
+            print(f"{row['status']} {case.op}/{case.provider} {row['sizes']} {case.dtype}: "
+                  f"{row['error']}", file=sys.stderr, flush=True)
         print(f"{case.op:>24} {case.provider:>22} {case.mode:>4} {row['sizes']:>40} {case.dtype:>8} "
               f"{row['median_ms']:>10} ms {row['peak_mb']:>10} MB {row['status']}", flush=True)
+        if cuda and row["status"] == "error" and _cuda_broken(row["error"]):
+            # every later case in this process would fail too: end it (a fresh one can go on)
+            print(f"CUDA context lost after {case.op}/{case.provider}; bench.{name} stops",
+                  file=sys.stderr, flush=True)
+            raise SystemExit(3)
     return rows
+
+
+def headline(args) -> bool:
+    """Whether the script was asked for its headline sizes only (``--headline``)."""
+    return bool(getattr(args, "headline", False)) and not getattr(args, "quick", False)
+
+
+def float_dtypes(args) -> tuple:
+    """The float dtypes of a script's cases: fp32 and bf16 on CUDA, fp32 on the CPU and in
+    ``--quick`` runs."""
+    if getattr(args, "quick", False) or not str(getattr(args, "device", "cpu")).startswith("cuda"):
+        return (torch.float32,)
+    return (torch.float32, torch.bfloat16)
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).split(".")[1]

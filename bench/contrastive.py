@@ -5,17 +5,18 @@ Providers: the fused op (Triton, torch chunked path), the eager reference (N x N
 lightly's loss normalises the embeddings itself and drops the diagonal from the logits instead
 of masking it; for L2-normalised inputs (as here) it computes the same number as ours with
 ``tau = temperature``. Sizes: N = m*B rows (m = 2), d features; CUDA N in {8192, 32768,
-131072, 262144}, d in {128, 256}; CPU N in {4096, 16384}, d = 128 (the eager reference needs
-N^2 floats several times over); ``--quick`` a tiny case.
+131072, 262144}, d in {128, 256}, fp32 and bf16; CPU N in {4096, 16384}, d = 128, fp32 (the
+eager reference needs N^2 floats several times over); ``--headline`` N = 16384, d = 128;
+``--quick`` a tiny case.
 
-    python -m bench.contrastive [--quick] [--device cpu|cuda]
+    python -m bench.contrastive [--quick | --headline] [--device cpu|cuda]
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from bench.common import Case, main
+from bench.common import Case, dtype_name, float_dtypes, headline, main
 
 TAU = 0.5
 M = 2
@@ -59,30 +60,34 @@ PROVIDERS = ["deepclust-triton", "deepclust-torch", "reference", "compile(refere
 def cases(args):
     if args.quick:
         sizes = [(256, 32)]
+    elif headline(args):
+        sizes = [(16384, 128)]
     elif args.device.startswith("cuda"):
         sizes = [(n, d) for d in (128, 256) for n in (8192, 32768, 131072, 262144)]
     else:
         sizes = [(4096, 128), (16384, 128)]
     for n, d in sizes:
-        for provider in PROVIDERS:
-            for mode in ("fwd", "full"):
+        for dtype in float_dtypes(args):
+            e = torch.finfo(dtype).bits // 8
+            for provider in PROVIDERS:
+                for mode in ("fwd", "full"):
 
-                def make(device, n=n, d=d, provider=provider, mode=mode):
-                    fn = _provider_fn(provider)
-                    z = _inputs(device, n, d, torch.float32)
-                    if mode == "fwd":
-                        def run():
-                            with torch.no_grad():
-                                return fn(z)
-                    else:
-                        def run():
-                            z.grad = None
-                            fn(z).backward()
-                    return run
+                    def make(device, n=n, d=d, provider=provider, mode=mode, dtype=dtype):
+                        fn = _provider_fn(provider)
+                        z = _inputs(device, n, d, dtype)
+                        if mode == "fwd":
+                            def run():
+                                with torch.no_grad():
+                                    return fn(z)
+                        else:
+                            def run():
+                                z.grad = None
+                                fn(z).backward()
+                        return run
 
-                yield Case(op="instance_contrastive_loss", provider=provider, mode=mode,
-                           sizes=dict(N=n, d=d, m=M), dtype="float32", make=make,
-                           bytes_moved=n * d * 4 * (1 if mode == "fwd" else 3))
+                    yield Case(op="instance_contrastive_loss", provider=provider, mode=mode,
+                               sizes=dict(N=n, d=d, m=M), dtype=dtype_name(dtype), make=make,
+                               bytes_moved=n * d * e * (1 if mode == "fwd" else 3))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,10 @@ random graphs, d = 64.
 Ops: ``negative_sampling`` (the sampler alone, mode fwd) and ``sample+recon_loss`` (sampler,
 loss forward and backward, mode full).
 
-    python -m bench.recon [--quick] [--device cpu|cuda] [--provider NAME]
+    python -m bench.recon [--quick | --headline] [--device cpu|cuda] [--provider NAME]
+
+On CUDA the loss runs in fp32 and bf16 (z in that dtype), on the CPU in fp32; ``--headline``
+is the N=1e5 / E=1e6 graph.
 
 Set RECON_BENCH_MAX_E=1000000 to run only the N=1e5 / E=1e6 graph.
 """
@@ -15,16 +18,16 @@ import os
 
 import torch
 
-from bench.common import Case, main
+from bench.common import Case, dtype_name, float_dtypes, headline, main
 
 D = 64
 EPS = 1e-15
 
 
-def _graph(n, e, device, d=D):
+def _graph(n, e, device, d=D, dtype=torch.float32):
     g = torch.Generator().manual_seed(0)
     ei = torch.randint(0, n, (2, e), generator=g).to(device)
-    z = (0.1 * torch.randn(n, d, generator=g)).to(device).requires_grad_()
+    z = (0.1 * torch.randn(n, d, generator=g)).to(device=device, dtype=dtype).requires_grad_()
     return ei, z
 
 
@@ -69,6 +72,8 @@ def cases(args):
     if not args.quick and not args.device.startswith("cuda") and not max_e:
         sizes = sizes[:1]  # the CPU: N=1e5, E=1e6 (PyG's loss at E=1e7 needs ~15 GB)
     sizes = [s for s in sizes if not max_e or s[1] <= max_e]
+    if headline(args):
+        sizes = [(100_000, 1_000_000)]
     for n, e in sizes:
         for provider in ("deepclust-cpp", "reference", "pyg"):
 
@@ -80,18 +85,20 @@ def cases(args):
             yield Case(op="negative_sampling", provider=provider, mode="fwd",
                        sizes=dict(N=n, E=e), dtype="int64", make=make_sampler)
 
-            def make_full(device, n=n, e=e, provider=provider):
-                sample, loss = _sampler(provider), _loss(provider)
-                ei, z = _graph(n, e, device)
+            for dtype in float_dtypes(args):
 
-                def fn():
-                    z.grad = None
-                    loss(z, ei, sample(ei, n)).backward()
+                def make_full(device, n=n, e=e, provider=provider, dtype=dtype):
+                    sample, loss = _sampler(provider), _loss(provider)
+                    ei, z = _graph(n, e, device, dtype=dtype)
 
-                return fn
+                    def fn():
+                        z.grad = None
+                        loss(z, ei, sample(ei, n)).backward()
 
-            yield Case(op="sample+recon_loss", provider=provider, mode="full",
-                       sizes=dict(N=n, E=e, d=D), dtype="float32", make=make_full)
+                    return fn
+
+                yield Case(op="sample+recon_loss", provider=provider, mode="full",
+                           sizes=dict(N=n, E=e, d=D), dtype=dtype_name(dtype), make=make_full)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 lightly's ``sinkhorn`` and POT's ``ot.sinkhorn`` when installed.
 
     python -m bench.sinkhorn --device cuda        # B x K in {4096x3000, 16384x3000, 65536x1000}
+    python -m bench.sinkhorn --headline --device cuda  # B x K = 16384 x 3000
     python -m bench.sinkhorn --quick --device cpu  # one tiny size
 
 POT solves the balanced transport problem with marginals 1/B and 1/K (its plan's rows sum to
@@ -21,7 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from bench.common import Case, main
+from bench.common import Case, headline, main
 
 PROVIDERS = ("deepclust-triton", "deepclust-torch", "reference", "compile(reference)", "lightly",
              "pot")
@@ -65,6 +66,8 @@ def cases(args):
     sizes = [(256, 300)] if args.quick else [(4096, 3000), (16384, 3000), (65536, 1000)]
     if not args.quick and not args.device.startswith("cuda"):
         sizes = sizes[:2]  # the CPU: the two 3000-prototype sizes
+    if headline(args):
+        sizes = [(16384, 3000)]
     for B, K in sizes:
         for dtype in (torch.float32, torch.bfloat16):
             for provider, from_emb in [(p, False) for p in PROVIDERS] + [("deepclust-triton", True)]:

@@ -4,6 +4,7 @@ torch path, the eager reference, the compiled reference and lightly's ``SwaVLoss
 installed.
 
     python -m bench.swav_loss --device cuda        # B x K in {4096x3000, 16384x3000, 65536x1000}
+    python -m bench.swav_loss --headline --device cuda  # B x K = 4096 x 3000
     python -m bench.swav_loss --quick --device cpu  # one tiny size
 
 ``bytes_moved`` is the fused path's traffic: Sinkhorn on each of the A = 2 assignment crops
@@ -16,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from bench.common import Case, main
+from bench.common import Case, headline, main
 
 PROVIDERS = ("deepclust-triton", "deepclust-torch", "reference", "compile(reference)", "lightly")
 V, ASSIGN, TAU, EPS, N_ITERS = 4, (0, 1), 0.1, 0.05, 3
@@ -48,6 +49,8 @@ def cases(args):
     sizes = [(256, 300)] if args.quick else [(4096, 3000), (16384, 3000), (65536, 1000)]
     if not args.quick and not args.device.startswith("cuda"):
         sizes = sizes[:1]  # the CPU: 2 large + small crops at 4096 x 3000 already take seconds
+    if headline(args):
+        sizes = [(4096, 3000)]
     for B, K in sizes:
         for dtype in (torch.float32, torch.bfloat16):
             for provider in PROVIDERS:
