@@ -18,6 +18,11 @@ class FitConfig(NamedTuple):
 
     ``epochs=None`` means the method's own default. ``impl`` selects the op path
     (``"auto"``, ``"triton"``, ``"torch"``). ``progress`` turns tqdm bars on.
+    ``checkpoint`` is a file the training loop writes atomically at the end of every epoch
+    (:mod:`deepclust.checkpoint`); with ``resume`` the loop first restores it and continues
+    from there (bitwise the same results as an uninterrupted run on the CPU). Under an
+    initialised ``torch.distributed`` group the methods that support it train data-parallel
+    (:mod:`deepclust.distributed`).
     """
 
     seed: int = 0
@@ -25,3 +30,5 @@ class FitConfig(NamedTuple):
     epochs: "int | None" = None
     impl: str = "auto"
     progress: bool = True
+    checkpoint: "str | None" = None
+    resume: bool = False

@@ -122,8 +122,16 @@ def cli_fit(data, config: FitConfig = FitConfig()) -> dict:
     2 epochs (scikit-learn k-means with 5 restarts and 20 iterations, the release's faiss
     setting; scikit-learn because it is the fastest on the CPU), views by Gaussian noise (0.2 std) and 20 % feature masking. ``pred`` is the
     k-cluster k-means of the final features.
+
+    With ``config.checkpoint`` a checkpoint (model with its queue, optimiser, both generators,
+    the current clustering, epoch) is written after every epoch; ``config.resume`` continues
+    from it. PCL trains in one process (no data-parallel path).
     """
     from tqdm.auto import tqdm
+
+    from ..checkpoint import Checkpointer, cpu_state
+
+    ck = Checkpointer.from_config(config, "pcl", data.name)
 
     torch.manual_seed(config.seed)
     dev = torch.device(config.device)
@@ -139,8 +147,19 @@ def cli_fit(data, config: FitConfig = FitConfig()) -> dict:
                 generator=torch.Generator(device=dev).manual_seed(config.seed)).to(dev)
     opt = torch.optim.Adam(model.encoder_q.parameters(), lr=1e-3)
     num_clusters = [c for c in (k, 2 * k) if c <= n]
-    clusters, last = None, {}
-    for ep in tqdm(range(epochs), desc="pcl", disable=not config.progress):
+    clusters, last, e0 = None, {}, 0
+    resumed = ck.resume_state()
+    if resumed is not None:
+        progress, st = resumed
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["opt"])
+        g.set_state(st["gen"])
+        model.generator.set_state(st["gen_proto"])
+        clusters = None if st["clusters"] is None else {
+            key: [t.to(dev) for t in val] for key, val in st["clusters"].items()}
+        e0, last = int(progress["epoch"]), dict(st["last"])
+        ck.restore_rng()
+    for ep in tqdm(range(e0, epochs), desc="pcl", disable=not config.progress, initial=e0, total=epochs):
         if ep >= warmup and (ep - warmup) % every == 0:
             model.eval()
             clusters = model.compute_clusters(model.embed(x), num_clusters, seed=config.seed + ep,
@@ -155,6 +174,12 @@ def cli_fit(data, config: FitConfig = FitConfig()) -> dict:
             out.total.backward()
             opt.step()
             last = out.components
+        if ck.enabled:
+            ck.save({"epoch": ep + 1},
+                    {"model": cpu_state(model), "opt": opt.state_dict(), "gen": g.get_state(),
+                     "gen_proto": model.generator.get_state(), "last": dict(last),
+                     "clusters": None if clusters is None else {
+                         key: [t.detach().cpu() for t in val] for key, val in clusters.items()}})
     model.eval()
     feats = model.embed(x)
     labels = pcl_clustering(feats, [k], temperature=model.T, seed=config.seed,

@@ -232,13 +232,27 @@ def cli_fit(data, config: FitConfig = FitConfig()) -> dict:
     ``n_clusters`` on the normalised embeddings of the un-augmented images: with 10x more
     prototypes than clusters the argmax prototype (:meth:`SwAV.predict`) over-segments.
 
+    With ``config.checkpoint`` a checkpoint (model with its queue and counters, optimiser,
+    scheduler, generator, epoch) is written after every epoch; ``config.resume`` continues
+    from it. Under ``torch.distributed`` (``deepclust fit --nproc N`` or torchrun) every rank
+    draws the crops of the whole batch from the shared generator and keeps its shard of the
+    batch; Sinkhorn runs over the group, batch norm takes its statistics over the group
+    (:class:`deepclust.distributed.GroupBatchNorm`) and the gradients are averaged, so the run
+    equals one process on the global batch within float tolerance. The batch must split
+    evenly over the processes.
+
     Returns:
         ``{"pred": int64 array (N,), "loss": the last epoch's mean loss}``.
     """
     from sklearn.cluster import KMeans
 
+    from .. import distributed
+    from .._utils import all_reduce_sum
+    from ..checkpoint import Checkpointer, cpu_state
+
     if data.image_shape is None:
         raise ValueError(f"SwAV's cli_fit needs an image data set, {data.name} has no image_shape")
+    ck = Checkpointer.from_config(config, "swav", data.name)
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     device = torch.device(config.device)
@@ -249,32 +263,59 @@ def cli_fit(data, config: FitConfig = FitConfig()) -> dict:
     batch = min(256, N)
     model = SwAV(_MLPBackbone((C, H, W), 256), 256, n_prototypes=10 * k, proj_hidden=256, proj_dim=64,
                  tau=0.1, eps=0.05, freeze_prototypes_niters=20, impl=config.impl).to(device)
+    world = distributed.world_size()
+    if world > 1:
+        if batch % world:
+            raise ValueError(f"SwAV's batch of {batch} rows does not split evenly over {world} processes")
+        model = distributed.convert_batchnorm(model)
+        sl = distributed.shard(batch)
     opt = torch.optim.Adam(model.parameters(), lr=2e-3, weight_decay=1e-5)
     steps = epochs * (N // batch)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, steps))
+    last, e0 = float("nan"), 0
+    resumed = ck.resume_state()
+    if resumed is not None:
+        progress, st = resumed
+        model.load_state_dict(st["model"])
+        model.queue_filled, model.epoch, model.iteration = st["counters"]
+        opt.load_state_dict(st["opt"])
+        sched.load_state_dict(st["sched"])
+        gen.set_state(st["gen"])
+        e0, last = int(progress["epoch"]), float(st["last"])
+        ck.restore_rng()
     bar = None
     if config.progress:
         from tqdm.auto import tqdm
-        bar = tqdm(total=steps, desc="swav", leave=False)
-    last = float("nan")
-    for epoch in range(epochs):
+        bar = tqdm(total=steps, initial=min(e0, epochs) * (N // batch), desc="swav", leave=False)
+    for epoch in range(e0, epochs):
         model.train()
         model.set_epoch(epoch)
         perm = torch.randperm(N, generator=gen).to(device)
         tot, cnt = 0.0, 0
         for i in range(0, N - batch + 1, batch):
             crops = multi_crop(x[perm[i:i + batch]], generator=gen)
+            if world > 1:  # every rank drew the whole batch's crops; each keeps its shard
+                crops = [c[sl] for c in crops]
             out = model.loss(crops)
             opt.zero_grad(set_to_none=True)
-            out.total.backward()
+            (out.total if world == 1 else out.total / world).backward()
             model.after_backward()
+            if world > 1:
+                distributed.all_reduce_gradients(model.parameters())
             opt.step()
             sched.step()
             tot, cnt = tot + out.components["swav"], cnt + 1
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{out.components['swav']:.3f}")
+        if world > 1:
+            tot = float(all_reduce_sum(torch.tensor(tot, dtype=torch.float64, device=device))) / world
         last = tot / max(cnt, 1)
+        if ck.enabled:
+            ck.save({"epoch": epoch + 1},
+                    {"model": cpu_state(model), "counters": (model.queue_filled, model.epoch, model.iteration),
+                     "opt": opt.state_dict(), "sched": sched.state_dict(), "gen": gen.get_state(),
+                     "last": last})
     if bar is not None:
         bar.close()
     model.eval()

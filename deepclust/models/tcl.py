@@ -114,9 +114,16 @@ def cli_fit(data, config: FitConfig = FitConfig()) -> dict:
     one strong augmentation), batch 256, Adam (lr 1e-3, weight decay 1e-5), tau 0.5 / 1.0;
     epochs 40 for digits (~25 s on 2 CPU cores, ACC ~0.8), 10 for usps, 8 for mnist-test, else
     ``max(5, 100000 // N)``.
+
+    With ``config.checkpoint`` a checkpoint (model, optimiser, generator, step) is written
+    after every epoch (``N // batch`` steps); ``config.resume`` continues from it. TCL trains
+    in one process (no data-parallel path).
     """
+    from ..checkpoint import Checkpointer, cpu_state
+
     if data.image_shape is None:
         raise ValueError(f"TCL needs image data (data.image_shape), got {data!r}")
+    ck = Checkpointer.from_config(config, "tcl", data.name)
     torch.manual_seed(config.seed)
     g = torch.Generator(device=config.device).manual_seed(config.seed)
     dev = torch.device(config.device)
@@ -129,13 +136,22 @@ def cli_fit(data, config: FitConfig = FitConfig()) -> dict:
     epochs = config.epochs if config.epochs is not None else _DEFAULT_EPOCHS.get(
         data.name, max(5, 100000 // n))
     batch = min(256, n // 2 * 2)
-    steps = epochs * max(1, n // batch)
-    it = range(steps)
+    per_epoch = max(1, n // batch)
+    steps = epochs * per_epoch
+    last, s0 = float("nan"), 0
+    resumed = ck.resume_state()
+    if resumed is not None:
+        progress, st = resumed
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["opt"])
+        g.set_state(st["gen"])
+        s0, last = int(progress["epoch"]) * per_epoch, float(st["last"])
+        ck.restore_rng()
+    it = range(s0, steps)
     if config.progress:
         from tqdm.auto import tqdm
 
-        it = tqdm(it, desc="TCL", unit="step")
-    last = float("nan")
+        it = tqdm(it, desc="TCL", unit="step", initial=s0, total=steps)
     model.train()
     for step in it:
         idx = torch.randperm(n, generator=g, device=dev)[:batch]
@@ -147,6 +163,9 @@ def cli_fit(data, config: FitConfig = FitConfig()) -> dict:
         last = out.components["instance"] + out.components["cluster"]
         if config.progress and step % 10 == 0:
             it.set_postfix(loss=f"{last:.3f}")
+        if ck.enabled and (step + 1) % per_epoch == 0:
+            ck.save({"epoch": (step + 1) // per_epoch},
+                    {"model": cpu_state(model), "opt": opt.state_dict(), "gen": g.get_state(), "last": last})
     model.eval()
     preds = [model.predict(x[i:i + 1024]) for i in range(0, n, 1024)]
     pred = torch.cat(preds).cpu().numpy().astype(np.int64)
