@@ -1,65 +1,121 @@
-"""Draw plots from the benchmark CSVs: ``python -m bench.plot [CSV ...]``.
+"""Draw plots from the benchmark CSVs: ``python -m bench.plot [CSV ...] [--out DIR]``.
 
-One PNG per (op, mode, dtype, device): median time against the size that varies, one line per
-provider, next to peak memory. Needs matplotlib (the ``bench`` extra).
+For every (op, mode, dtype, device) the size that varies most (``N``, ``B``, ``E``, ``K``, ...)
+is the x axis; each combination of the other sizes gets its own PNG. Left: median time (the
+p20-p80 band shaded), right: peak memory, both against that size, one line per provider, log
+axes, the device in the title. The latest row of every (provider, sizes) is drawn; rows that are
+not ``ok`` (OOM, error, timeout) are left out. Needs matplotlib (the ``bench`` extra);
+``deepclust bench`` calls :func:`plot` on the CSVs it wrote.
 """
+import argparse
 import json
-import sys
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from pathlib import Path
 
 from bench.common import RESULTS, read_rows
 
+# preferred x axis when several sizes vary as often
+SIZE_ORDER = ("N", "B", "E", "K", "d", "m", "V", "A", "n_iters")
 
-def _size_label(sizes: dict) -> str:
-    return ",".join(f"{k}={v}" for k, v in sizes.items())
+
+def _num(v):
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return float("nan")
 
 
-def plot(csv_path: Path) -> list:
+def _latest(rows):
+    out = OrderedDict()
+    for r in rows:
+        key = (r["op"], r["mode"], r["dtype"], r["device"], r["sizes"], r["provider"])
+        out.pop(key, None)
+        out[key] = r
+    return list(out.values())
+
+
+def _x_key(sizes: list) -> str:
+    """The size key with the most distinct values (ties: SIZE_ORDER), among numeric keys."""
+    keys = [k for k in sizes[0] if all(isinstance(s.get(k), (int, float)) for s in sizes)]
+    if not keys:
+        return ""
+    rank = {k: i for i, k in enumerate(SIZE_ORDER)}
+    return max(keys, key=lambda k: (len({s[k] for s in sizes}), -rank.get(k, len(rank))))
+
+
+def _safe(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-." else "_" for c in text)[:150]
+
+
+def groups(rows):
+    """``{(op, mode, dtype, device, fixed sizes, x key): {provider: [(x, row), ...]}}``."""
+    by = defaultdict(list)
+    for r in _latest([r for r in rows if r.get("status") == "ok"]):
+        by[(r["op"], r["mode"], r["dtype"], r["device"])].append(r)
+    out = OrderedDict()
+    for (op, mode, dtype, dev), rs in by.items():
+        sizes = [json.loads(r["sizes"]) for r in rs]
+        xk = _x_key(sizes)
+        for r, s in zip(rs, sizes):
+            fixed = tuple((k, v) for k, v in s.items() if k != xk)
+            x = s.get(xk, 1)
+            out.setdefault((op, mode, dtype, dev, fixed, xk), defaultdict(list))[r["provider"]].append((x, r))
+    return out
+
+
+def plot(csv_path, out_dir=None) -> list:
+    """Write the PNGs of one CSV into ``out_dir`` (default: next to the CSV); return their paths."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
-    rows = [r for r in read_rows(csv_path) if r["status"] == "ok"]
-    groups = defaultdict(list)
-    for r in rows:
-        groups[(r["op"], r["mode"], r["dtype"], r["device"])].append(r)
+    csv_path = Path(csv_path)
+    out_dir = Path(out_dir) if out_dir is not None else csv_path.parent
+    out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for (op, mode, dtype, dev), rs in groups.items():
-        fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(12, 4.5))
-        by_prov = defaultdict(dict)
-        labels = []
-        for r in rs:
-            lab = _size_label(json.loads(r["sizes"]))
-            if lab not in labels:
-                labels.append(lab)
-            by_prov[r["provider"]][lab] = (float(r["median_ms"]), float(r["peak_mb"] or 0))
-        xs = range(len(labels))
-        for prov, vals in sorted(by_prov.items()):
-            ys = [vals.get(l, (float("nan"), 0))[0] for l in labels]
-            ms = [vals.get(l, (0, float("nan")))[1] for l in labels]
-            ax_t.plot(xs, ys, marker="o", label=prov)
-            ax_m.plot(xs, ms, marker="o", label=prov)
+    for (op, mode, dtype, dev, fixed, xk), provs in groups(read_rows(csv_path)).items():
+        fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.2))
+        for prov in sorted(provs):
+            pts = sorted(provs[prov], key=lambda p: p[0])
+            xs = [p[0] for p in pts]
+            med = [_num(p[1]["median_ms"]) for p in pts]
+            lo = [_num(p[1]["p20_ms"]) for p in pts]
+            hi = [_num(p[1]["p80_ms"]) for p in pts]
+            mem = [max(_num(p[1]["peak_mb"]), 1e-3) for p in pts]
+            (line,) = ax_t.plot(xs, med, marker="o", label=prov)
+            ax_t.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15, linewidth=0)
+            ax_m.plot(xs, mem, marker="o", label=prov)
         for ax, yl in ((ax_t, "median time (ms)"), (ax_m, "peak memory (MB)")):
-            ax.set_xticks(list(xs))
-            ax.set_xticklabels(labels, rotation=35, ha="right", fontsize=7)
+            ax.set_xscale("log")
             ax.set_yscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels overlap
+            ax.set_xlabel(xk or "size")
             ax.set_ylabel(yl)
-            ax.grid(alpha=0.3)
+            ax.grid(alpha=0.3, which="both")
         ax_t.legend(fontsize=8)
-        fig.suptitle(f"{op} {mode} {dtype} on {dev}", fontsize=10)
+        other = ", ".join(f"{k}={v}" for k, v in fixed)
+        fig.suptitle(f"{op} ({mode}, {dtype}{', ' + other if other else ''}) on {dev}", fontsize=10)
         fig.tight_layout()
-        safe = "".join(c if c.isalnum() else "_" for c in f"{op}_{mode}_{dtype}_{dev}")[:120]
-        out = csv_path.parent / f"{safe}.png"
-        fig.savefig(out, dpi=110)
+        name = _safe(f"{op}_{mode}_{dtype}_{'_'.join(f'{k}{v}' for k, v in fixed)}_{dev}")
+        out = out_dir / f"{name}.png"
+        fig.savefig(out, dpi=100)
         plt.close(fig)
         written.append(out)
     return written
 
 
-if __name__ == "__main__":
-    paths = [Path(p) for p in sys.argv[1:]] or sorted(RESULTS.glob("*.csv"))
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="plots of the benchmark CSVs")
+    ap.add_argument("csv", nargs="*", help="CSV files (default bench/results/*.csv)")
+    ap.add_argument("--out", default=None, help="folder for the PNGs (default: next to each CSV)")
+    args = ap.parse_args(argv)
+    paths = [Path(p) for p in args.csv] or sorted(RESULTS.glob("*.csv"))
     for p in paths:
-        for out in plot(p):
+        for out in plot(p, args.out):
             print(out)
+
+
+if __name__ == "__main__":
+    main()

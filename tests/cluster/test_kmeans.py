@@ -157,3 +157,60 @@ def test_cuda_matches_cpu_quality():
     res = kmeans(x.cuda(), 8, n_init=3, backend="torch")
     assert res.labels.is_cuda and res.centers.is_cuda
     assert adjusted_rand_score(y.numpy(), res.labels.cpu().numpy()) == 1.0
+
+
+# ----------------------------------------------------------------------------- faiss backend
+def _nmi(y, labels):
+    from sklearn.metrics import normalized_mutual_info_score
+
+    return normalized_mutual_info_score(y, labels.cpu().numpy())
+
+
+def _same_quality(x, y, k, n_init, seed=0):
+    """The faiss and torch backends reach k-means solutions of the same quality: inertia within
+    5% of each other, and the same agreement with the labels (NMI within 0.05)."""
+    pytest.importorskip("faiss")
+    t = kmeans(x, k, n_init=n_init, seed=seed, backend="torch")
+    f = kmeans(x, k, n_init=n_init, seed=seed, backend="faiss")
+    assert f.inertia == pytest.approx(_inertia(x, f.centers, f.labels), rel=1e-4)
+    assert f.inertia <= t.inertia * 1.05 and t.inertia <= f.inertia * 1.05, (f.inertia, t.inertia)
+    assert abs(_nmi(y, f.labels) - _nmi(y, t.labels)) <= 0.05
+    return t, f
+
+
+def test_faiss_same_quality_as_torch_on_digits():
+    from sklearn.datasets import load_digits as sk_digits
+
+    d = sk_digits()
+    x = torch.tensor(d.data / 16.0, dtype=torch.float32)
+    _, f = _same_quality(x, d.target, 10, n_init=2)
+    # self-consistent: the labels are the nearest centres
+    assert torch.equal(f.labels, torch.cdist(x.double(), f.centers.double()).argmin(1))
+
+
+@pytest.mark.data
+def test_faiss_same_quality_as_torch_on_pendigits(data_root):
+    from deepclust.data import load
+
+    data = load("pendigits", data_root)  # 10992 x 16, 10 classes
+    _same_quality(data.x, data.y.numpy(), data.n_clusters, n_init=2)
+
+
+def test_faiss_deterministic_by_seed_and_dtype_device_of_input(device):
+    pytest.importorskip("faiss")
+    x, y = _blobs(n=200, d=6, k=4, std=1.5)
+    a = kmeans(x, 4, n_init=2, seed=3, backend="faiss")
+    b = kmeans(x, 4, n_init=2, seed=3, backend="faiss")
+    assert torch.equal(a.labels, b.labels) and torch.equal(a.centers, b.centers)
+    for dtype in (torch.float64, torch.float16):
+        r = kmeans(x.to(device, dtype), 4, n_init=1, seed=0, backend="faiss")
+        assert r.centers.dtype == dtype and r.centers.device == x.to(device).device
+        assert r.labels.dtype == torch.int64 and r.labels.device == r.centers.device
+
+
+def test_auto_backend_is_faiss_when_installed():
+    pytest.importorskip("faiss")
+    x, _ = _blobs(n=150, d=4, k=3)
+    auto = kmeans(x, 3, n_init=2, seed=1)
+    f = kmeans(x, 3, n_init=2, seed=1, backend="faiss")
+    assert torch.equal(auto.labels, f.labels) and auto.inertia == f.inertia
