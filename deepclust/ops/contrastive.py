@@ -8,6 +8,7 @@ logits (``m-1`` per row) and the rest of the loss are O(N d) torch ops with ordi
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -17,9 +18,9 @@ from .._utils import (
     all_reduce_sum,
     check_positive,
     get_group,
+    kernel_target,
     next_pow2,
     resolve_impl,
-    triton_interpret,
 )
 from ..reference.contrastive import _check_views, _gather_views
 
@@ -47,21 +48,17 @@ if triton is not None:
         return x
 
     @triton.jit
-    def _logits(Q, K, q, rows, cols, row_ok, col_ok, D, stride_q, stride_k, scale,
+    def _logits(Q, K, rows, cols, row_ok, col_ok, D, stride_q, stride_k, scale,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                NUM_D: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
-        """scale * q_rows . k_cols (fp32). With NUM_D == 1 the row tile ``q`` is already in
-        registers; else the features are streamed in BLOCK_D chunks."""
+                PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+        """scale * q_rows . k_cols (fp32), the features streamed in BLOCK_D chunks: registers
+        hold one chunk of each tile whatever d is."""
         offs_d = tl.arange(0, BLOCK_D)
-        if NUM_D == 1:
-            k = _load_tile(K, cols, col_ok, stride_k, offs_d, D, UPCAST)
-            s = tl.dot(q, tl.trans(k), input_precision=PRECISION)
-        else:
-            s = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-            for d0 in range(0, D, BLOCK_D):
-                qc = _load_tile(Q, rows, row_ok, stride_q, d0 + offs_d, D, UPCAST)
-                kc = _load_tile(K, cols, col_ok, stride_k, d0 + offs_d, D, UPCAST)
-                s = tl.dot(qc, tl.trans(kc), s, input_precision=PRECISION)
+        s = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+        for d0 in range(0, D, BLOCK_D):
+            qc = _load_tile(Q, rows, row_ok, stride_q, d0 + offs_d, D, UPCAST)
+            kc = _load_tile(K, cols, col_ok, stride_k, d0 + offs_d, D, UPCAST)
+            s = tl.dot(qc, tl.trans(kc), s, input_precision=PRECISION)
         return s * scale
 
     @triton.jit
@@ -69,7 +66,7 @@ if triton is not None:
         Q, K, LOSS, STATS, n_rows, n_cols, D, stride_q, stride_k,
         b_local, b_global, offset, scale, pos_weight,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-        NUM_D: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+        PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     ):
         """One row block of q against every column tile of k (s_ij = scale q_i . k_j):
         online max M_i and sum exp(s_ij - M_i) over j != diag(i) -> STATS[i] = (M_i, log sum),
@@ -79,17 +76,14 @@ if triton is not None:
         row_ok = rows < n_rows
         # global index of each row = its own column in k, excluded from its softmax
         diag = (rows // b_local) * b_global + offset + rows % b_local
-        q = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-        if NUM_D == 1:
-            q = _load_tile(Q, rows, row_ok, stride_q, tl.arange(0, BLOCK_D), D, UPCAST)
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)
         pos_i = tl.zeros([BLOCK_M], tl.float32)
         for start in range(0, n_cols, BLOCK_N):
             cols = start + tl.arange(0, BLOCK_N).to(tl.int64)
             col_ok = cols < n_cols
-            s = _logits(Q, K, q, rows, cols, row_ok, col_ok, D, stride_q, stride_k, scale,
-                        BLOCK_M, BLOCK_N, BLOCK_D, NUM_D, PRECISION, UPCAST)
+            s = _logits(Q, K, rows, cols, row_ok, col_ok, D, stride_q, stride_k, scale,
+                        BLOCK_M, BLOCK_N, BLOCK_D, PRECISION, UPCAST)
             valid = col_ok[None, :] & (cols[None, :] != diag[:, None])
             # positives: the same sample in the other views (same index modulo B)
             is_pos = valid & ((cols % b_global)[None, :] == (diag % b_global)[:, None])
@@ -109,14 +103,15 @@ if triton is not None:
         Q, K, STATS_Q, STATS_K, G_Q, G_K, DQ, n_rows, n_cols, D, stride_q, stride_k, stride_dq,
         b_local, b_global, offset, scale, pos_weight,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-        NUM_D: tl.constexpr, PRECISION: tl.constexpr, PRECISION_GRAD: tl.constexpr,
+        BLOCK_DO: tl.constexpr, PRECISION: tl.constexpr, PRECISION_GRAD: tl.constexpr,
         UPCAST: tl.constexpr,
     ):
         """Gradient of sum_i g_i LOSS_i with respect to the rows q (rows of k):
         dq_i = scale * sum_j (g_i P_ij + g_j P_ji - (g_i + g_j) pos_ij pos_weight) k_j, with
         P_ij = exp(s_ij - M_i - log sum_i) and P_ji = exp(s_ij - M_j - log sum_j) (the logits
         are symmetric): row and column contribution of row i at once, no atomics.
-        Grid: (row blocks, output feature blocks)."""
+        Grid: (row blocks, blocks of BLOCK_DO output features); each program recomputes the
+        logits of its rows (BLOCK_D feature chunks) and owns its dq tile."""
         pid_m = tl.program_id(0)
         pid_d = tl.program_id(1)
         rows = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -125,22 +120,15 @@ if triton is not None:
         m_q = tl.load(STATS_Q + 2 * rows, mask=row_ok, other=0.0)
         logl_q = tl.load(STATS_Q + 2 * rows + 1, mask=row_ok, other=0.0)
         g_q = tl.load(G_Q + rows, mask=row_ok, other=0.0)
-        out_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-        q = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-        if NUM_D == 1:
-            q = _load_tile(Q, rows, row_ok, stride_q, tl.arange(0, BLOCK_D), D, UPCAST)
-        acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+        out_d = pid_d * BLOCK_DO + tl.arange(0, BLOCK_DO)
+        acc = tl.zeros([BLOCK_M, BLOCK_DO], tl.float32)
         for start in range(0, n_cols, BLOCK_N):
             cols = start + tl.arange(0, BLOCK_N).to(tl.int64)
             col_ok = cols < n_cols
-            if NUM_D == 1:
-                v = _load_tile(K, cols, col_ok, stride_k, out_d, D, UPCAST)
-                s = tl.dot(q, tl.trans(v), input_precision=PRECISION) * scale
-            else:
-                s = _logits(Q, K, q, rows, cols, row_ok, col_ok, D, stride_q, stride_k, scale,
-                            BLOCK_M, BLOCK_N, BLOCK_D, NUM_D, PRECISION, UPCAST)
-                v = _load_tile(K, cols, col_ok, stride_k, out_d, D, UPCAST)
-            valid = col_ok[None, :] & (cols[None, :] != diag[:, None])
+            s = _logits(Q, K, rows, cols, row_ok, col_ok, D, stride_q, stride_k, scale,
+                        BLOCK_M, BLOCK_N, BLOCK_D, PRECISION, UPCAST)
+            # (padding rows: valid nowhere, so their w is 0 whatever their statistics)
+            valid = row_ok[:, None] & col_ok[None, :] & (cols[None, :] != diag[:, None])
             is_pos = valid & ((cols % b_global)[None, :] == (diag % b_global)[:, None])
             s = tl.where(valid, s, float("-inf"))
             m_k = tl.load(STATS_K + 2 * cols, mask=col_ok, other=0.0)
@@ -150,6 +138,7 @@ if triton is not None:
             w = g_q[:, None] * tl.exp((s - m_q[:, None]) - logl_q[:, None])
             w += g_k[None, :] * tl.exp((s - m_k[None, :]) - logl_k[None, :])
             w -= tl.where(is_pos, (g_q[:, None] + g_k[None, :]) * pos_weight, 0.0)
+            v = _load_tile(K, cols, col_ok, stride_k, out_d, D, UPCAST)
             acc = tl.dot(w, v.to(tl.float32), acc, input_precision=PRECISION_GRAD)
         dq = acc * scale
         tl.store(DQ + rows[:, None] * stride_dq + out_d[None, :], dq.to(DQ.dtype.element_ty),
@@ -171,48 +160,62 @@ def _new(shape, dtype, device):
     return torch.empty(shape, dtype=dtype, device=device)
 
 
-def _tiles(d: int, device: torch.device):
-    """(BLOCK_M, BLOCK_N, BLOCK_D, NUM_D, num_warps) for feature size ``d``."""
-    block_d = max(16, next_pow2(d))
-    num_d = 1
-    if block_d > 256:  # stream the features in chunks; the backward splits its output over d
-        block_d = 128
-        num_d = triton.cdiv(d, block_d)
-    if device.type != "cuda":  # interpreter: big tiles, few Python steps
-        return 32, 32, block_d, num_d, 4
-    if block_d <= 64:
-        return 64, 64, block_d, num_d, 4
-    if block_d <= 128:
-        return 64, 32, block_d, num_d, 4
-    return 32, 32, block_d, num_d, 8
+class _Config(NamedTuple):
+    """Launch parameters of one kernel (forward or backward) for one (d, dtype, target)."""
+
+    block_m: int  # rows per program
+    block_n: int  # columns per tile of the column loop (the K of the backward's second dot)
+    block_d: int  # feature chunk of the logit dots q k^T
+    block_do: int  # backward: output features per program (grid axis 1); 0 in the forward
+    num_warps: int
+    num_stages: int
+    precision: str  # input_precision of q k^T
+    precision_grad: str  # input_precision of w k (backward)
+    upcast: bool  # interpreter work-around: bf16 tiles multiplied (and dq stored) as fp32
 
 
-def _upcast(dtype: torch.dtype) -> bool:
-    # Triton's CPU interpreter multiplies bf16 tiles as raw bits: give it fp32 tiles there
-    # (exact: bf16 products are exact in fp32, so the result is what the GPU's bf16 dot gives)
-    return dtype == torch.bfloat16 and triton_interpret()
+def _config(d: int, dtype: torch.dtype, target: str, backward: bool = False) -> _Config:
+    """Tiles for feature size ``d``, input ``dtype``, ``target`` "cuda" or "interpreter".
 
-
-def _precisions(dtype: torch.dtype):
-    # fp32 logits exactly (like the fp32 reference); with half inputs the first dot is exact
+    The same tiles on both targets: only ``upcast`` differs (bf16 in the interpreter, whose bf16
+    dots multiply raw bits and whose fp32 -> bf16 stores truncate; fp32 tiles are exact there,
+    as bf16 products are exact in fp32). No tile spills registers on sm_80 or sm_90, whatever
+    d and its alignment (bench/gpu_compile.py checks): the logits stream the features in
+    32-feature chunks, the backward splits its output over d in ``block_do`` blocks, and the
+    loops are single-stage (software pipelining holds a second copy of the operands). fp32
+    dots are "ieee" (FMA: a thread holds its rows and columns of both operands over the whole
+    chunk), hence the smaller fp32 row blocks; 16-bit inputs use the tensor cores (fp32
+    accumulation). Unaligned d (scalar loads, a 64-bit address per element) costs the most.
+    """
+    half = dtype in (torch.float16, torch.bfloat16)
+    upcast = dtype == torch.bfloat16 and target == "interpreter"
+    # fp32 logits exactly (like the fp32 reference); with 16-bit inputs the first dot is exact
     # anyway, and the gradient dot runs on fp32 weights (fp32 range) rounded to tf32
-    if dtype == torch.float32:
-        return _FP32_PRECISION, _FP32_PRECISION
-    return "tf32", "tf32"
+    prec = "tf32" if half else _FP32_PRECISION
+    block_d = 32  # (16 for small d: no gain, and an fp32 spill on sm_80 with Triton 3.6)
+    if not backward:
+        return _Config(64 if half else 32, 64, block_d, 0, 4, 1, prec, prec, upcast)
+    block_do = min(128, max(16, next_pow2(d)))
+    # 8 warps share the big accumulators (and the FMA operands); with a narrow 16-bit dq tile,
+    # ptxas caps 8 warps at 128 registers and spills, where 4 warps do not (and vice versa
+    # for fp32: measured on sm_80, Triton 3.6 and 3.9)
+    warps = 4 if half and block_do < 64 else 8
+    return _Config(64 if half else 32, 32 if half else 16, block_d, block_do, warps, 1, prec,
+                   prec, upcast)
 
 
 def _rows_fwd_triton(q, k, b_local, b_global, offset, scale, pos_weight):
     q, k = q.contiguous(), k.contiguous()
     n, d = q.shape
-    bm, bn, bd, num_d, warps = _tiles(d, q.device)
-    prec, _ = _precisions(q.dtype)
+    cfg = _config(d, q.dtype, kernel_target(q.device))
     loss = _new((n,), torch.float32, q.device)
     stats = _new((n, 2), torch.float32, q.device)
-    _contrastive_fwd_kernel[(triton.cdiv(n, bm),)](
+    _contrastive_fwd_kernel[(triton.cdiv(n, cfg.block_m),)](
         q, k, loss, stats, n, k.shape[0], d, q.stride(0), k.stride(0),
         b_local, b_global, offset, scale, pos_weight,
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, NUM_D=num_d, PRECISION=prec,
-        UPCAST=_upcast(q.dtype), num_warps=warps,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=cfg.block_d,
+        PRECISION=cfg.precision, UPCAST=cfg.upcast,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return loss, stats
 
@@ -222,15 +225,14 @@ def _rows_bwd_triton(q, k, st_q, st_k, g_q, g_k, b_local, b_global, offset, scal
     st_q, st_k = st_q.float().contiguous(), st_k.float().contiguous()
     g_q, g_k = g_q.float().contiguous(), g_k.float().contiguous()
     n, d = q.shape
-    bm, bn, bd, num_d, warps = _tiles(d, q.device)
-    prec, prec_grad = _precisions(q.dtype)
-    # (the interpreter also truncates fp32 -> bf16 where the GPU rounds: store fp32 there)
-    dq = _new((n, d), torch.float32 if _upcast(q.dtype) else q.dtype, q.device)
-    _contrastive_bwd_kernel[(triton.cdiv(n, bm), num_d)](
+    cfg = _config(d, q.dtype, kernel_target(q.device), backward=True)
+    dq = _new((n, d), torch.float32 if cfg.upcast else q.dtype, q.device)
+    _contrastive_bwd_kernel[(triton.cdiv(n, cfg.block_m), triton.cdiv(d, cfg.block_do))](
         q, k, st_q, st_k, g_q, g_k, dq, n, k.shape[0], d, q.stride(0), k.stride(0),
         dq.stride(0), b_local, b_global, offset, scale, pos_weight,
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, NUM_D=num_d, PRECISION=prec,
-        PRECISION_GRAD=prec_grad, UPCAST=_upcast(q.dtype), num_warps=warps,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=cfg.block_d, BLOCK_DO=cfg.block_do,
+        PRECISION=cfg.precision, PRECISION_GRAD=cfg.precision_grad, UPCAST=cfg.upcast,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return dq.to(q.dtype)
 

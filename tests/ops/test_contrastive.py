@@ -1,5 +1,7 @@
 """The fused contrastive losses against the eager reference, the published formula and float64;
-both paths, every dtype, gradients, two processes, torch.compile and opcheck."""
+both paths, every dtype, gradients, two processes, torch.compile and opcheck; the tile choice
+(same on the GPU and in the interpreter) and bitwise determinism."""
+import inspect
 import math
 
 import pytest
@@ -17,7 +19,6 @@ from tests.reference.test_contrastive import (
 )
 
 IMPLS = ["torch", "triton"]
-
 
 
 @pytest.fixture(autouse=True)
@@ -140,9 +141,45 @@ def test_torch_path_chunks_agree(monkeypatch):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
 
+# ----------------------------------------------------------------------------- tiles, determinism
+# feature sizes the tests and the compile gate's test workloads launch (cluster: d = B)
+TILE_DS = [10, 13, 19, 33, 37, 50, 64, 130, 300]
+
+
+@pytest.mark.parametrize("backward", [False, True], ids=["fwd", "bwd"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_config_same_on_gpu_and_interpreter(dtype, backward):
+    # the interpreter runs the tiles the GPU runs; the one documented difference is `upcast`
+    for d in TILE_DS:
+        gpu = C._config(d, dtype, "cuda", backward)
+        interp = C._config(d, dtype, "interpreter", backward)
+        assert not gpu.upcast
+        assert interp.upcast == (dtype == torch.bfloat16)
+        assert interp._replace(upcast=False) == gpu
+        assert gpu.block_d >= 16 and gpu.block_n >= 16 and gpu.block_m >= 16
+        for b in (gpu.block_m, gpu.block_n, gpu.block_d) + ((gpu.block_do,) if backward else ()):
+            assert b & (b - 1) == 0
+        if dtype == torch.float32:  # fp32 dots stay accurate
+            assert gpu.precision == gpu.precision_grad == "ieee"
+
+
+def test_kernels_free_of_atomics():
+    # every output element is written by one program in a fixed order: nothing to race
+    assert "tl.atomic" not in inspect.getsource(C)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_triton_deterministic(dtype, device):
+    z = F.normalize(torch.randn(2 * 37, 40), dim=1).to(device, dtype)
+    first = _loss_and_grad(C.instance_contrastive_loss, z, 2, 0.5, impl="triton")
+    second = _loss_and_grad(C.instance_contrastive_loss, z, 2, 0.5, impl="triton")
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
 # ----------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("fn", [C.instance_contrastive_loss, C.cluster_contrastive_loss])
-def test_bad_input(fn):
+def test_bad_input(fn, device):
     name = "z" if fn is C.instance_contrastive_loss else "c"
     x = torch.rand(6, 4)
     with pytest.raises(ValueError, match="n_views"):
@@ -162,7 +199,7 @@ def test_bad_input(fn):
     with pytest.raises(ValueError, match="impl"):
         fn(x, 2, impl="cuda")
     with pytest.raises(TypeError, match=name):
-        fn(x.double(), 2, impl="triton")
+        fn(x.to(device, torch.float64), 2, impl="triton")
 
 
 # ----------------------------------------------------------------------------- torch.compile, opcheck
@@ -211,7 +248,7 @@ def _dist_worker(rank, world, xs, tau):
 
 
 @pytest.mark.distributed
-def test_two_processes_equal_one():
+def test_two_processes_equal_one(device):
     world, b, tau = 2, 7, 0.5
     xs = []
     for which, m, _ in CASES:
@@ -219,10 +256,11 @@ def test_two_processes_equal_one():
             xs.append(F.normalize(torch.randn(m * world * b, 19), dim=1))
         else:
             xs.append(random_assignments(m * world * b, 5, dtype=torch.float32))
-    results = run_distributed(_dist_worker, xs, tau, world_size=world)
+    # gloo reduces CPU tensors: the workers run the Triton cases in the interpreter
+    results = run_distributed(_dist_worker, xs, tau, world_size=world, interpret=True)
     for i, ((which, m, impl), x) in enumerate(zip(CASES, xs)):
         fn = C.instance_contrastive_loss if which == "instance" else C.cluster_contrastive_loss
-        loss, grad = _loss_and_grad(fn, x, m, tau, impl=impl)
+        loss, grad = (t.cpu() for t in _loss_and_grad(fn, x.to(device), m, tau, impl=impl))
         for r in range(world):
             lr, gr = results[r][i]
             torch.testing.assert_close(lr, loss, rtol=1e-5, atol=1e-6)
