@@ -104,9 +104,12 @@ def _record_launch(store, fn, args, kwargs, origin):
         "module": fn.fn.__module__, "name": fn.__name__, "signature": signature,
         "constexprs": constexprs, "options": opts,
     }
-    # One compile per launcher choice (tiles, warps, stages, dtypes): the alignment the JIT
-    # specialises on varies with the sizes, so the first launch's stands for the rest.
-    key = json.dumps(entry, sort_keys=True, default=str)
+    # One compile per launcher choice (tiles, warps, stages, dtypes) and test/benchmark origin:
+    # the alignment the JIT specialises on varies with the sizes. The odd test shapes' first
+    # launch stands for the other test launches; a benchmark's own alignment is compiled too.
+    key = json.dumps(entry, sort_keys=True, default=str) + "|" + origin[0]
+    if origin[0] == "bench":
+        key += json.dumps(divisible)
     rec = store.setdefault(key, dict(entry, divisible=divisible, used_by=set(), cases=set()))
     rec["used_by"].add(origin[0])
     if len(rec["cases"]) < 3:
@@ -433,7 +436,8 @@ def main(argv=None):
                     help="comma-separated substrings of workload names to run (e.g. 'dec')")
     ap.add_argument("--no-bench", action="store_true", help="test shapes only")
     ap.add_argument("--no-nvcc", action="store_true", help="skip the CUDA extension")
-    ap.add_argument("--csv", default=str(RESULTS / "compile.csv"))
+    ap.add_argument("--csv", default=None,
+                    help="rows out (default bench/results/compile.csv for a full run only)")
     ap.add_argument("--compile-only", help=argparse.SUPPRESS)
     ap.add_argument("--rows-out", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -473,8 +477,8 @@ def main(argv=None):
             rows += nrows
         except ImportError as exc:
             print(f"nvcc gate unavailable: {exc}", file=sys.stderr)
-    if not (args.only or args.workloads or args.no_bench):
-        write_csv(rows, Path(args.csv))
+    if args.csv or not (args.only or args.workloads or args.no_bench):
+        write_csv(rows, Path(args.csv or RESULTS / "compile.csv"))
     print(_summary(rows))
     bad = failures(rows)
     for msg in rec_errors:

@@ -102,16 +102,22 @@ def test_record_launch_dedupes_and_caps_cases():
     x = torch.zeros(8)
     for i in range(5):
         gc._record_launch(store, FAKE_FN, (x, x, 7, 3), dict(scale=2.0, BLOCK=64, HAS_BIAS=True),
-                          ("test" if i % 2 else "bench", f"case {i}"))
+                          ("test", f"case {i}"))
     (rec,) = store.values()
     assert rec["signature"]["n"] == "i32" and rec["divisible"] == [0, 1]
     assert rec["constexprs"] == {"BLOCK": 64, "HAS_BIAS": True}
     assert rec["options"] == {"num_warps": 4, "num_stages": 3}
-    assert rec["used_by"] == {"test", "bench"}
+    assert rec["used_by"] == {"test"}
     assert len(rec["cases"]) == 3
+    # the same choice launched by a benchmark is compiled apart, with the benchmark's alignment
+    gc._record_launch(store, FAKE_FN, (x, x, 16, 3), dict(scale=2.0, BLOCK=64, HAS_BIAS=True),
+                      ("bench", "bench case"))
+    assert len(store) == 2
+    bench = next(r for r in store.values() if r["used_by"] == {"bench"})
+    assert bench["divisible"] == [0, 1, 2]
     # n == 1 is specialised: a distinct compile
     gc._record_launch(store, FAKE_FN, (x, x, 1, 1, 2.0), dict(BLOCK=64), ("test", "one"))
-    assert len(store) == 2
+    assert len(store) == 3
     new = [r for r in store.values() if "n" in r["constexprs"]][0]
     assert new["signature"]["n"] == "constexpr" and new["constexprs"]["n"] == 1
     assert new["signature"]["stride"] == "i32"  # do_not_specialize: 1 stays an i32
