@@ -7,7 +7,8 @@ iteration is one read of the scores:
 
 * column pass: ``b_j = -logsumexp_i(S_ij + a_i)``; a grid of (row chunk, K tile) programs each
   keeps an online (max, sum of exp) per column over its rows and writes the partials; the host
-  combines them (a few K-vectors) and all-reduces the max and the sum across processes;
+  combines them (a few K-vectors, a fixed-order torch reduction) and all-reduces the max and the
+  sum across processes;
 * row pass: ``a_i = -logsumexp_j(S_ij + b_j)``, one program per block of rows, online over K
   tiles (rows are local: no communication);
 * the last row pass also writes the codes ``exp(S_ij + b_j + a_i)`` (rows sum to 1, float32).
@@ -22,10 +23,15 @@ over K tiles together with ``sum_k t_k x_k`` and ``sum_k t_k``, where the target
 weighted sum of the assignment crops' codes; the backward kernel writes
 ``(softmax(x) sum_k t_k - t) / tau`` times the incoming gradient. No B x K temporary is made
 besides the codes and the gradient.
+
+No kernel accumulates across programs (no atomics): every cross-program sum is a buffer of
+partials reduced by torch in a fixed order, so equal inputs give bitwise equal outputs. Tiles
+come from :func:`_sinkhorn_config` and :func:`_swav_ce_config`, pure functions of the shapes,
+dtype and target that the compile gate (``bench/gpu_compile.py``) checks for register spills.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import NamedTuple, Optional, Sequence, Union
 
 import torch
 
@@ -36,9 +42,9 @@ from .._utils import (
     check_same_device,
     check_tensor,
     get_group,
+    kernel_target,
     next_pow2,
     resolve_impl,
-    triton_interpret,
     world_size,
 )
 from ..reference.swav import _check_sinkhorn_args, _check_swav_args
@@ -218,21 +224,76 @@ def _empty(shape, **kw) -> torch.Tensor:
     return torch.empty(shape, **kw)
 
 
-def _blocks(K: int, D: int = 0):
-    """Tile sizes: >= 16 everywhere (tl.dot), 64 x 64 on a GPU."""
-    bk = max(16, min(64, next_pow2(K)))
-    bd = max(16, min(64, next_pow2(D))) if D else 16
-    return 64, bk, bd
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
 
 
-def _dot_precision(dtype: torch.dtype, device: torch.device) -> str:
-    """fp32 inputs: exact products ("ieee"); bf16 under TRITON_INTERPRET: upcast first (the
-    interpreter's bf16 tl.dot returns garbage); fp16/bf16 otherwise: native tensor-core dot."""
+class _SinkhornConfig(NamedTuple):
+    """Launch configuration of the two Sinkhorn passes (see :func:`_sinkhorn_config`)."""
+    block_b: int  # rows per tile
+    block_k: int  # prototypes per tile
+    block_d: int  # feature chunk of a recomputed score tile (16 when reading scores)
+    num_warps: int
+    num_stages: int
+    dot_precision: str  # "ieee" (fp32), "tf32" (16-bit: native dot) or "upcast" (work-around)
+    rows_per_prog: int  # column pass: rows of one program's chunk (a multiple of block_b)
+    n_chunks: int  # column pass: row chunks, i.e. (max, sum) partials per column
+
+
+# Programs of one column pass: enough to fill a GPU; the same in the interpreter, whose runs
+# then combine as many partials as the GPU's. Fixed (not per SM count) so that the order of the
+# column reduction, hence every bit of the codes, depends on the shapes alone.
+_COL_PASS_PROGRAMS = 1024
+
+
+def _sinkhorn_config(B: int, K: int, D: int, dtype: torch.dtype, target: str) -> _SinkhornConfig:
+    """Tiles of the Sinkhorn passes: a pure function of (B, K, d, dtype, target).
+
+    ``D = 0`` reads a B x K score matrix: 32 x 64 tiles, 4 warps (16 elements a thread; the
+    write pass holds a score tile, its pointers and the codes' pointers). ``D > 0`` recomputes
+    every score tile with ``tl.dot``: 64 x 64 tiles on 8 warps. fp32 products are exact
+    ("ieee": an FMA dot, whose operands sit in registers), over d in chunks of 16 with 3
+    stages; fp16/bf16 use the native tensor-core dot with fp32 accumulation, d in chunks of
+    32, 2 stages, 4 warps for tiles narrower than 64 prototypes (tiles read off the compile
+    gate, ``bench/gpu_compile.py``). ``target`` is
+    ``kernel_target(device)``; the one difference it makes is the interpreter work-around:
+    bf16 dots are upcast to fp32 ("upcast") because Triton's interpreter computes bf16
+    ``tl.dot`` wrongly. Every block is a power of two >= 16 (``tl.dot``'s minimum).
+    """
+    block_k = max(16, min(64, next_pow2(K)))
+    if D and dtype == torch.float32:  # FMA dot: operands in registers, narrow d chunks
+        block_b, block_d, warps, stages = 64, 16, 8, 3
+    elif D:  # tensor-core dot
+        block_b, block_d, stages = 64, max(16, min(32, next_pow2(D))), 2
+        warps = 8 if block_k == 64 else 4
+    else:
+        block_b, block_d, warps, stages = 32, 16, 4, 2
     if dtype == torch.float32:
-        return "ieee"
-    if dtype == torch.bfloat16 and device.type != "cuda" and triton_interpret():
-        return "upcast"
-    return "tf32"
+        prec = "ieee"
+    elif dtype == torch.bfloat16 and D and target == "interpreter":
+        prec = "upcast"
+    else:
+        prec = "tf32"  # 16-bit operands: input_precision is moot, the dot is native
+    n_ktiles = _cdiv(K, block_k)
+    n_rblocks = _cdiv(B, block_b)
+    n_chunks = max(1, min(n_rblocks, _cdiv(_COL_PASS_PROGRAMS, n_ktiles)))
+    rows_per_prog = _cdiv(n_rblocks, n_chunks) * block_b
+    return _SinkhornConfig(block_b, block_k, block_d, warps, stages, prec, rows_per_prog,
+                           _cdiv(B, rows_per_prog))
+
+
+class _SwavCEConfig(NamedTuple):
+    """Launch configuration of the loss kernels (see :func:`_swav_ce_config`)."""
+    block_b: int
+    block_k: int
+    num_warps: int
+    num_stages: int
+
+
+def _swav_ce_config(K: int, dtype: torch.dtype, target: str) -> _SwavCEConfig:
+    """Tiles of the loss kernels: 16 rows x up to 128 prototypes on 4 warps (16 elements a
+    thread of scores and targets), whatever the dtype; the interpreter runs the same."""
+    return _SwavCEConfig(16, max(16, min(128, next_pow2(K))), 4, 2)
 
 
 class _Source:
@@ -253,10 +314,13 @@ class _Source:
     def kernel_args(self):
         if self.scores is not None:
             s = self.scores
-            return (s, s, s), (s.stride(0), s.stride(1), 0, 0, 0, 0), False, "ieee"
+            return (s, s, s), (s.stride(0), s.stride(1), 0, 0, 0, 0), False
         z, p = self.z, self.p
-        return ((z, z, p), (0, 0, z.stride(0), z.stride(1), p.stride(0), p.stride(1)), True,
-                _dot_precision(z.dtype, z.device))
+        return (z, z, p), (0, 0, z.stride(0), z.stride(1), p.stride(0), p.stride(1)), True
+
+    @property
+    def dtype(self):
+        return (self.scores if self.scores is not None else self.z).dtype
 
     # ---- torch path: float32/float64 chunk of scores (rows i0:i1)
     def chunk(self, i0, i1, ct):
@@ -278,31 +342,27 @@ def _combine_partials(pm: torch.Tensor, ps: torch.Tensor, group) -> torch.Tensor
 
 def _sinkhorn_triton(src: _Source, eps: float, n_iters: int, group=None) -> torch.Tensor:
     B, K, D, dev = src.B, src.K, src.D, src.device
-    BLOCK_B, BLOCK_K, BLOCK_D = _blocks(K, D)
-    ptrs, strides, from_emb, prec = src.kernel_args()
-    n_ktiles = triton.cdiv(K, BLOCK_K)
-    n_rblocks = triton.cdiv(B, BLOCK_B)
-    # enough (row chunk, K tile) programs to fill a GPU, few in the CPU interpreter
-    target = 1024 if dev.type == "cuda" else 1
-    n_chunks = max(1, min(n_rblocks, triton.cdiv(target, n_ktiles)))
-    rows_per_prog = triton.cdiv(n_rblocks, n_chunks) * BLOCK_B
-    n_chunks = triton.cdiv(B, rows_per_prog)
+    cfg = _sinkhorn_config(B, K, D, src.dtype, kernel_target(dev))
+    ptrs, strides, from_emb = src.kernel_args()
+    n_ktiles = triton.cdiv(K, cfg.block_k)
+    n_rblocks = triton.cdiv(B, cfg.block_b)
+    tiles = dict(FROM_EMB=from_emb, BLOCK_B=cfg.block_b, BLOCK_K=cfg.block_k,
+                 BLOCK_D=cfg.block_d, DOT_PREC=cfg.dot_precision, num_warps=cfg.num_warps,
+                 num_stages=cfg.num_stages)
     f32 = dict(device=dev, dtype=torch.float32)
-    pm = _empty((n_chunks, K), **f32)
-    ps = _empty((n_chunks, K), **f32)
+    pm = _empty((cfg.n_chunks, K), **f32)
+    ps = _empty((cfg.n_chunks, K), **f32)
     la = torch.zeros(B, **f32)
     out = _empty((B, K), **f32)
     inv_eps = 1.0 / eps
     for it in range(n_iters):
-        _sk_col_pass_kernel[(n_chunks, n_ktiles)](
-            *ptrs, la, pm, ps, B, K, max(D, 1), rows_per_prog, *strides, inv_eps,
-            USE_LA=it > 0, FROM_EMB=from_emb, BLOCK_B=BLOCK_B, BLOCK_K=BLOCK_K,
-            BLOCK_D=BLOCK_D, DOT_PREC=prec)
-        lb = _combine_partials(pm, ps, group)
-        last = it == n_iters - 1
+        _sk_col_pass_kernel[(cfg.n_chunks, n_ktiles)](
+            *ptrs, la, pm, ps, B, K, max(D, 1), cfg.rows_per_prog, *strides, inv_eps,
+            USE_LA=it > 0, **tiles)
+        lb = _combine_partials(pm, ps, group)  # a fixed-order reduction: deterministic
         _sk_row_pass_kernel[(n_rblocks,)](
-            *ptrs, lb, la, out, B, K, max(D, 1), *strides, inv_eps, WRITE=last,
-            FROM_EMB=from_emb, BLOCK_B=BLOCK_B, BLOCK_K=BLOCK_K, BLOCK_D=BLOCK_D, DOT_PREC=prec)
+            *ptrs, lb, la, out, B, K, max(D, 1), *strides, inv_eps, WRITE=it == n_iters - 1,
+            **tiles)
     return out
 
 
@@ -379,25 +439,27 @@ def _sinkhorn_torch_log(src: _Source, eps: float, n_iters: int, group=None,
 def _swav_ce_forward_triton(x, codes, weights, inv_tau):
     V, B, K = x.shape
     A = codes.shape[0]
-    BLOCK_B, BLOCK_K = 16, max(16, min(128, next_pow2(K)))
+    cfg = _swav_ce_config(K, x.dtype, kernel_target(x.device))
     f32 = dict(device=x.device, dtype=torch.float32)
     row_loss = _empty((V, B), **f32)
     lse = _empty((V, B), **f32)
     tsum = _empty((V, B), **f32)
-    _swav_ce_fwd_kernel[(triton.cdiv(B, BLOCK_B), V)](
+    _swav_ce_fwd_kernel[(triton.cdiv(B, cfg.block_b), V)](
         x, codes, weights, row_loss, lse, tsum, B, K, A, x.stride(0), x.stride(1), x.stride(2),
-        inv_tau, BLOCK_B=BLOCK_B, BLOCK_K=BLOCK_K)
-    return row_loss.sum(), lse, tsum
+        inv_tau, BLOCK_B=cfg.block_b, BLOCK_K=cfg.block_k, num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages)
+    return row_loss.sum(), lse, tsum  # per-row losses summed by torch: deterministic
 
 
 def _swav_ce_backward_triton(g, x, codes, weights, lse, tsum, inv_tau):
     V, B, K = x.shape
     A = codes.shape[0]
-    BLOCK_B, BLOCK_K = 16, max(16, min(128, next_pow2(K)))
+    cfg = _swav_ce_config(K, x.dtype, kernel_target(x.device))
     dx = _empty((V, B, K), device=x.device, dtype=x.dtype)
-    _swav_ce_bwd_kernel[(triton.cdiv(B, BLOCK_B), V)](
+    _swav_ce_bwd_kernel[(triton.cdiv(B, cfg.block_b), V)](
         g, x, codes, weights, lse, tsum, dx, B, K, A, x.stride(0), x.stride(1), x.stride(2),
-        inv_tau, BLOCK_B=BLOCK_B, BLOCK_K=BLOCK_K)
+        inv_tau, BLOCK_B=cfg.block_b, BLOCK_K=cfg.block_k, num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages)
     return dx
 
 

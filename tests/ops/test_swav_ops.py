@@ -1,4 +1,6 @@
 """Fused Sinkhorn-Knopp and SwAV loss against the reference and the float64 published formula."""
+import inspect
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -200,6 +202,62 @@ def test_bad_inputs(device):
         swav_loss(torch.randn(2, 3, device=device))
     with pytest.raises(ValueError, match="n_iters"):
         swav_loss([s, s], n_iters=0)
+
+
+# ----------------------------------------------------------------------------- configs, determinism
+# (B, K, d) of the tests above and of the compile gate's test and benchmark shapes
+CONFIG_SHAPES = [(37, 5, 0), (129, 70, 0), (45, 17, 0), (3, 3, 0), (40, 9, 0), (37, 5, 19),
+                 (129, 70, 130), (37, 11, 10), (130, 300, 65), (64, 3000, 128), (4096, 3000, 128),
+                 (65536, 1000, 0), (16384, 3000, 0)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_interpreter_runs_the_gpu_configuration(dtype):
+    """The interpreter runs the tiles, warps, stages and column-pass split that a GPU runs; the
+    one documented difference is the bf16 dot, upcast to fp32 in the interpreter."""
+    for B, K, d in CONFIG_SHAPES:
+        gpu = ops_sk._sinkhorn_config(B, K, d, dtype, "cuda")
+        cpu = ops_sk._sinkhorn_config(B, K, d, dtype, "interpreter")
+        upcast = dtype == torch.bfloat16 and d > 0
+        assert cpu.dot_precision == ("upcast" if upcast else gpu.dot_precision)
+        assert gpu.dot_precision != "upcast"
+        assert cpu._replace(dot_precision=gpu.dot_precision) == gpu
+        for block in (gpu.block_b, gpu.block_k, gpu.block_d):
+            assert block >= 16 and block & (block - 1) == 0
+        assert gpu.rows_per_prog % gpu.block_b == 0
+        assert (gpu.n_chunks - 1) * gpu.rows_per_prog < B <= gpu.n_chunks * gpu.rows_per_prog
+        assert gpu.dot_precision == ("ieee" if dtype == torch.float32 else "tf32")
+        assert ops_sk._swav_ce_config(K, dtype, "cuda") == ops_sk._swav_ce_config(K, dtype, "interpreter")
+
+
+def test_kernels_use_no_atomics():
+    """Every cross-program reduction goes through a partials buffer that torch reduces in a
+    fixed order (column partials of Sinkhorn, per-row losses): no atomic in any kernel."""
+    kernels = [ops_sk._sk_col_pass_kernel, ops_sk._sk_row_pass_kernel, ops_sk._score_tile,
+               ops_sk._swav_ce_fwd_kernel, ops_sk._swav_ce_bwd_kernel, ops_sk._scores_and_targets]
+    for k in kernels:
+        assert "atomic" not in inspect.getsource(k.fn), k.fn.__name__
+    assert "tl.atomic" not in inspect.getsource(ops_sk)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_bitwise_deterministic(dtype, device):
+    """Twice the same inputs: bitwise the same codes, loss and gradient (several column-pass
+    chunks and K tiles, so the partials combine)."""
+    z, p = unit(133, 40).to(device=device, dtype=dtype), unit(70, 40).to(device=device, dtype=dtype)
+    assert ops_sk._sinkhorn_config(133, 70, 40, dtype, "cuda").n_chunks > 1
+    s = z @ p.t()
+    x = torch.stack([s, s.flip(0), s * 0.5]).detach()
+
+    def run():
+        xr = x.clone().requires_grad_()
+        loss = swav_loss(xr, (0, 1), impl="triton")
+        (g,) = torch.autograd.grad(loss, xr)
+        return (sinkhorn(s, impl="triton"), sinkhorn_from_embeddings(z, p, impl="triton"),
+                loss, g)
+
+    for a, b in zip(run(), run()):
+        assert torch.equal(a, b)
 
 
 # ----------------------------------------------------------------------------- distributed
