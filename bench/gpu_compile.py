@@ -328,7 +328,12 @@ def _compile_one(job):
         fn = getattr(mod, cfg["name"])
         attrs = {(i,): [["tt.divisibility", 16]] for i in cfg["divisible"]}
         src = ASTSource(fn, dict(cfg["signature"]), dict(cfg["constexprs"]), attrs)
-        k = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=dict(cfg["options"]))
+        try:
+            k = triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                               options=dict(cfg["options"]))
+        except AttributeError:  # seen once in a fresh worker ('NoneType' ... 'start'): retry
+            k = triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                               options=dict(cfg["options"]))
         regs, stack, _static_smem, local = _res_usage(k.asm["cubin"])
         shared = int(k.metadata.shared)
         warps = int(k.metadata.num_warps)
