@@ -2,12 +2,12 @@
 N x K logits (PCL's ProtoNCE, TSD's prototype loss, SwAV-style prediction)."""
 from __future__ import annotations
 
-from typing import Tuple, Union
+from typing import NamedTuple, Tuple, Union
 
 import torch
 from torch import Tensor
 
-from .._utils import next_pow2, resolve_impl, triton_interpret
+from .._utils import kernel_target, next_pow2, num_programs, resolve_impl
 from ..reference.prototype import _check_args
 
 try:
@@ -17,6 +17,12 @@ except ImportError:  # pragma: no cover - no triton on this platform
     triton = None
 
 __all__ = ["prototype_cross_entropy"]
+
+# Tests set this to fill every kernel output with NaN before the kernel writes it.
+_POISON_OUTPUTS = False
+# Most fp32 memory the per-split partial prototype gradients may take (bytes); they are summed
+# in a fixed order afterwards, so the gradient is the same bit for bit on every run.
+_DP_PARTIALS_BYTES = 1 << 28
 
 # ----------------------------------------------------------------------------- Triton kernels
 if triton is not None:
@@ -35,7 +41,7 @@ if triton is not None:
                          mask=mask_n[:, None] & mask_d[None, :], other=0.0)
             pt = tl.load(P + rk64[None, :] * spk + rd64[:, None] * spd,
                          mask=mask_k[None, :] & mask_d[:, None], other=0.0)
-            if UPCAST:  # the CPU interpreter mis-computes bf16 tl.dot
+            if UPCAST:  # the CPU interpreter mis-computes bf16 tl.dot (exact products in fp32)
                 xt = xt.to(tl.float32)
                 pt = pt.to(tl.float32)
             s = tl.dot(xt, pt, s, input_precision=PREC)
@@ -43,11 +49,10 @@ if triton is not None:
         return s * invt[None, :]
 
     @triton.jit
-    def _grad_tile(s, T, TSUM, LSE, GROW, INVT, rn64, mask_n, rk64, mask_k, stn, stk,
+    def _grad_tile(s, T, TSUM, LSE, INVT, rn64, mask_n, rk64, mask_k, stn, stk,
                    SOFT: tl.constexpr):
-        """dL/dlogits scaled to dL/d(x.p): g * (tsum * softmax - t) / T (fp32 tile)."""
+        """dL/dlogits scaled to dL/d(x.p) per unit row gradient: (tsum * softmax - t) / T."""
         lse = tl.load(LSE + rn64, mask=mask_n, other=0.0)
-        grow = tl.load(GROW + rn64, mask=mask_n, other=0.0)
         invt = tl.load(INVT + rk64, mask=mask_k, other=0.0)
         prob = tl.exp(s - lse[:, None])
         prob = tl.where(mask_n[:, None] & mask_k[None, :], prob, 0.0)
@@ -59,12 +64,21 @@ if triton is not None:
         else:
             tgt = tl.load(T + rn64, mask=mask_n, other=-1)
             g = prob - tl.where(rk64[None, :] == tgt[:, None], 1.0, 0.0)
-        return g * grow[:, None] * invt[None, :]
+        return g * invt[None, :]
+
+    @triton.jit
+    def _dot_operand(g, OUT_DTYPE: tl.constexpr, UPCAST: tl.constexpr):
+        """g rounded to the input dtype, as tl.dot takes it (fp32 under UPCAST, same rounding)."""
+        g = g.to(OUT_DTYPE)
+        if UPCAST:
+            g = g.to(tl.float32)
+        return g
 
     @triton.jit
     def _fwd_kernel(X, P, T, INVT, ROWS, LSE, N, K, D, sxn, sxd, spk, spd, stn, stk,
                     SOFT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                     BLOCK_D: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
+        """Per row: CE = rowsum(t) * logsumexp(logits) - t . logits, and the logsumexp."""
         pid = tl.program_id(0)
         rn64 = pid.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
         mask_n = rn64 < N
@@ -105,6 +119,7 @@ if triton is not None:
                        SOFT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                        BLOCK_D: tl.constexpr, BLOCK_DO: tl.constexpr, PREC: tl.constexpr,
                        UPCAST: tl.constexpr):
+        """dx[rows, cols] = G[rows, :] @ P[:, cols], G recomputed tile by tile over K."""
         pid_n = tl.program_id(0)
         pid_d = tl.program_id(1)
         rn64 = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -117,12 +132,16 @@ if triton is not None:
             mask_k = rk64 < K
             s = _logits_tile(X, P, INVT, rn64, mask_n, rk64, mask_k, D, sxn, sxd, spk, spd,
                              BLOCK_N, BLOCK_K, BLOCK_D, PREC, UPCAST)
-            g = _grad_tile(s, T, TSUM, LSE, GROW, INVT, rn64, mask_n, rk64, mask_k, stn, stk, SOFT)
+            g = _grad_tile(s, T, TSUM, LSE, INVT, rn64, mask_n, rk64, mask_k, stn, stk, SOFT)
+            g = _dot_operand(g, P.dtype.element_ty, UPCAST)
             po = tl.load(P + rk64[:, None] * spk + ro64[None, :] * spd,
                          mask=mask_k[:, None] & mask_o[None, :], other=0.0)
             if UPCAST:
                 po = po.to(tl.float32)
-            acc = tl.dot(g.to(po.dtype), po, acc, input_precision=PREC)
+            acc = tl.dot(g, po, acc, input_precision=PREC)
+        # the row gradient scales the result, not g: 1/N would push fp16 g tiles to subnormals
+        grow = tl.load(GROW + rn64, mask=mask_n, other=0.0)
+        acc = acc * grow[:, None]
         tl.store(DX + rn64[:, None] * sdn + ro64[None, :] * sdd, acc.to(DX.dtype.element_ty),
                  mask=mask_n[:, None] & mask_o[None, :])
 
@@ -132,7 +151,8 @@ if triton is not None:
                        SOFT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                        BLOCK_D: tl.constexpr, BLOCK_DO: tl.constexpr, PREC: tl.constexpr,
                        UPCAST: tl.constexpr):
-        """Partial dP over one split of the rows, added atomically into an fp32 buffer."""
+        """dP over one split of the rows, G[split]^T @ X[split], stored (no atomics) into the
+        split's own fp32 slice DP[split] of a (splits, K, D) buffer that the host sums."""
         pid_k = tl.program_id(0)
         pid_d = tl.program_id(1)
         pid_s = tl.program_id(2)
@@ -147,31 +167,71 @@ if triton is not None:
             mask_n = rn64 < N
             s = _logits_tile(X, P, INVT, rn64, mask_n, rk64, mask_k, D, sxn, sxd, spk, spd,
                              BLOCK_N, BLOCK_K, BLOCK_D, PREC, UPCAST)
-            g = _grad_tile(s, T, TSUM, LSE, GROW, INVT, rn64, mask_n, rk64, mask_k, stn, stk, SOFT)
+            g = _grad_tile(s, T, TSUM, LSE, INVT, rn64, mask_n, rk64, mask_k, stn, stk, SOFT)
+            grow = tl.load(GROW + rn64, mask=mask_n, other=0.0)
+            g = _dot_operand(g * grow[:, None], X.dtype.element_ty, UPCAST)
             xo = tl.load(X + rn64[:, None] * sxn + ro64[None, :] * sxd,
                          mask=mask_n[:, None] & mask_o[None, :], other=0.0)
             if UPCAST:
                 xo = xo.to(tl.float32)
-            acc = tl.dot(tl.trans(g.to(xo.dtype)), xo, acc, input_precision=PREC)
-        tl.atomic_add(DP + rk64[:, None] * D + ro64[None, :], acc,
-                      mask=mask_k[:, None] & mask_o[None, :])
+            acc = tl.dot(tl.trans(g), xo, acc, input_precision=PREC)
+        split = DP + pid_s.to(tl.int64) * K * D
+        tl.store(split + rk64[:, None] * D + ro64[None, :], acc,
+                 mask=mask_k[:, None] & mask_o[None, :])
 
 
 # ----------------------------------------------------------------------------- launchers
-_BLOCK_N, _BLOCK_K = 64, 64
+class _Config(NamedTuple):
+    """Tiles, warps and stages of the three kernels for one (K, d, dtype, soft, target)."""
+
+    block_n: int  # rows per tile
+    block_k: int  # prototypes per tile
+    block_d: int  # reduction step over d of the logits dot
+    block_do: int  # output columns of dx / dprototypes per program
+    warps_fwd: int
+    warps_bwd: int
+    stages_fwd: int
+    stages_bwd: int
+    precision: str  # tl.dot input_precision of fp32 tiles (16-bit tiles use native dots)
+    upcast: bool  # interpreter work-around: bf16 tiles go to tl.dot as fp32
 
 
-def _blocks(d: int) -> Tuple[int, int]:
-    """(BLOCK_D reduction step, BLOCK_DO output width) for feature size d."""
-    return min(64, max(16, next_pow2(d))), min(128, max(16, next_pow2(d)))
+def _config(K: int, d: int, dtype: torch.dtype, soft: bool, target: str) -> _Config:
+    """The one tile choice, used by the launchers, the tests and the compile gate.
+
+    fp32 dots run as "tf32x3" (three tensor-core passes, about fp32 accuracy; not plain tf32),
+    which needs many registers for its split operands: a 16-wide d step keeps them unspilled.
+    fp16/bf16 tiles use native dots with fp32 accumulation and a 32-wide d step. The backward
+    kernels hold a second accumulator (64 output columns, ``block_do``) and the gradient tile:
+    32 prototypes per tile and 8 warps on full tiles (4 on 16-wide ones) keep them in
+    registers. All three kernels share ``block_n``, ``block_k`` and ``block_d``, so the
+    backward recomputes the forward's logits bit for bit and its softmax ``exp(s - lse)``
+    agrees with the forward's logsumexp (with logits of 1e4 in fp32, one ulp of ``s`` is 1e-3
+    of a probability). A distribution target (``soft``) adds its tile to the backward: one
+    stage (fp32) or 4 warps (16-bit) there, as for the smallest tiles, keep sm_80 unspilled.
+    Each backward program recomputes the logits over all of d, so a wider d costs recompute,
+    not registers.
+    The only difference between ``target="cuda"`` and ``"interpreter"`` is ``upcast``: Triton's
+    CPU interpreter computes bf16 ``tl.dot`` wrongly, so there bf16 tiles go to ``tl.dot`` as
+    fp32 (bf16 products are exact in fp32 and the gradient tile is rounded to bf16 first, so
+    the numbers are the GPU's).
+    """
+    wide = dtype in (torch.float16, torch.bfloat16)
+    d_pad = max(16, next_pow2(d))
+    k_pad = max(16, next_pow2(K))
+    block_k, block_do = min(32, k_pad), min(64, d_pad)
+    full = block_k * block_do >= 32 * 64
+    return _Config(block_n=64, block_k=block_k, block_d=min(32 if wide else 16, d_pad),
+                   block_do=block_do, warps_fwd=8 if block_k == 32 else 4,
+                   warps_bwd=8 if full and not (soft and wide) else 4,
+                   stages_fwd=2, stages_bwd=2 if full and not (soft and not wide) else 1,
+                   precision="tf32x3", upcast=(dtype == torch.bfloat16 and target == "interpreter"))
 
 
-def _prec(x: Tensor) -> str:
-    return "ieee"  # fp32: exact products; fp16/bf16 inputs use tensor cores whatever is given
-
-
-def _upcast(x: Tensor) -> bool:
-    return x.dtype == torch.bfloat16 and triton_interpret()
+def _new_output(shape, dtype, device):
+    if _POISON_OUTPUTS:
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
 
 
 def _target_strides(target: Tensor) -> Tuple[int, int]:
@@ -181,50 +241,56 @@ def _target_strides(target: Tensor) -> Tuple[int, int]:
 def _fwd_triton(x: Tensor, p: Tensor, target: Tensor, inv_temp: Tensor) -> Tuple[Tensor, Tensor]:
     N, D = x.shape
     K = p.shape[0]
-    rows = torch.full((N,), float("nan"), device=x.device, dtype=torch.float32)
-    lse = torch.full((N,), float("nan"), device=x.device, dtype=torch.float32)
-    bd, _ = _blocks(D)
+    cfg = _config(K, D, x.dtype, target.is_floating_point(), kernel_target(x.device))
+    rows = _new_output((N,), torch.float32, x.device)
+    lse = _new_output((N,), torch.float32, x.device)
     stn, stk = _target_strides(target)
-    _fwd_kernel[(triton.cdiv(N, _BLOCK_N),)](
+    _fwd_kernel[(triton.cdiv(N, cfg.block_n),)](
         x, p, target, inv_temp, rows, lse, N, K, D, x.stride(0), x.stride(1), p.stride(0),
-        p.stride(1), stn, stk, SOFT=target.is_floating_point(), BLOCK_N=_BLOCK_N,
-        BLOCK_K=_BLOCK_K, BLOCK_D=bd, PREC=_prec(x), UPCAST=_upcast(x), num_warps=4)
+        p.stride(1), stn, stk, SOFT=target.is_floating_point(), BLOCK_N=cfg.block_n,
+        BLOCK_K=cfg.block_k, BLOCK_D=cfg.block_d, PREC=cfg.precision, UPCAST=cfg.upcast,
+        num_warps=cfg.warps_fwd, num_stages=cfg.stages_fwd)
     return rows, lse
 
 
-def _num_sms(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 1
+def _dp_splits(N: int, K: int, D: int, cfg: _Config, device: torch.device) -> Tuple[int, int]:
+    """(row splits, rows per split) of the prototype gradient: enough programs to fill the
+    GPU (a few in the interpreter), at most _DP_PARTIALS_BYTES of fp32 partials."""
+    kb, db = triton.cdiv(K, cfg.block_k), triton.cdiv(D, cfg.block_do)
+    nb = triton.cdiv(N, cfg.block_n)
+    want = max(1, num_programs(kb * db * nb, device, per_sm=2) // (kb * db))
+    cap = max(1, _DP_PARTIALS_BYTES // (4 * K * D))
+    splits = max(1, min(nb, want, cap))
+    rows_per_split = triton.cdiv(nb, splits) * cfg.block_n
+    return triton.cdiv(N, rows_per_split), rows_per_split
 
 
 def _bwd_triton(grad_rows, x, p, target, inv_temp, lse, need_dx, need_dp):
     N, D = x.shape
     K = p.shape[0]
     soft = target.is_floating_point()
+    cfg = _config(K, D, x.dtype, soft, kernel_target(x.device))
     tsum = target.float().sum(1) if soft else lse  # (unused when hard)
     grow = grad_rows.float().contiguous()
-    bd, bo = _blocks(D)
     stn, stk = _target_strides(target)
-    common = dict(SOFT=soft, BLOCK_N=_BLOCK_N, BLOCK_K=_BLOCK_K, BLOCK_D=bd, BLOCK_DO=bo,
-                  PREC=_prec(x), UPCAST=_upcast(x), num_warps=4)
+    common = dict(SOFT=soft, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, BLOCK_D=cfg.block_d,
+                  BLOCK_DO=cfg.block_do, PREC=cfg.precision, UPCAST=cfg.upcast,
+                  num_warps=cfg.warps_bwd, num_stages=cfg.stages_bwd)
     dx = x.new_empty(0)
     dp = p.new_empty(0)
     if need_dx:
-        dx = torch.full_like(x, float("nan"), memory_format=torch.contiguous_format)
-        _bwd_dx_kernel[(triton.cdiv(N, _BLOCK_N), triton.cdiv(D, bo))](
+        dx = _new_output((N, D), x.dtype, x.device)
+        _bwd_dx_kernel[(triton.cdiv(N, cfg.block_n), triton.cdiv(D, cfg.block_do))](
             x, p, target, inv_temp, lse, tsum, grow, dx, N, K, D, x.stride(0), x.stride(1),
             p.stride(0), p.stride(1), stn, stk, dx.stride(0), dx.stride(1), **common)
     if need_dp:
-        dp32 = torch.zeros((K, D), device=x.device, dtype=torch.float32)
-        kb, db, nb = triton.cdiv(K, _BLOCK_K), triton.cdiv(D, bo), triton.cdiv(N, _BLOCK_N)
-        splits = max(1, min(nb, (2 * _num_sms(x.device)) // (kb * db)))
-        rows_per_split = triton.cdiv(nb, splits) * _BLOCK_N
-        splits = triton.cdiv(N, rows_per_split)
-        _bwd_dp_kernel[(kb, db, splits)](
-            x, p, target, inv_temp, lse, tsum, grow, dp32, N, K, D, rows_per_split,
+        splits, rows_per_split = _dp_splits(N, K, D, cfg, x.device)
+        parts = _new_output((splits, K, D), torch.float32, x.device)
+        _bwd_dp_kernel[(triton.cdiv(K, cfg.block_k), triton.cdiv(D, cfg.block_do), splits)](
+            x, p, target, inv_temp, lse, tsum, grow, parts, N, K, D, rows_per_split,
             x.stride(0), x.stride(1), p.stride(0), p.stride(1), stn, stk, **common)
-        dp = dp32.to(p.dtype)
+        # a fixed-order reduction over the splits: the same bits on every run
+        dp = (parts[0] if splits == 1 else parts.sum(0)).to(p.dtype)
     return dx, dp
 
 
@@ -357,8 +423,9 @@ def prototype_cross_entropy(
     The Triton path computes the logits tile by tile (``tl.dot`` over d, an online logsumexp
     over K tiles); the backward pass recomputes the tiles and forms
     ``G = (rowsum(t) softmax - t) / T / N``, ``dx = G @ prototypes`` and
-    ``dprototypes = G^T @ x`` (fp32 accumulation; ``dprototypes`` summed over row splits with
-    fp32 atomics). The torch path does the same in row chunks.
+    ``dprototypes = G^T @ x`` (fp32 accumulation; ``dprototypes`` is formed per row split and
+    the splits are summed in a fixed order, so it is deterministic). The torch path does the
+    same in row chunks.
 
     Args:
         x: features (N x d), fp32/fp16/bf16 (fp64 on the torch path).

@@ -5,11 +5,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from deepclust.ops import prototype as P
 from deepclust.ops import prototype_cross_entropy as op
 from deepclust.reference import prototype_cross_entropy as ref
 from tests.helpers import DTYPE_IDS, DTYPES, assert_close_to_truth
 
 IMPLS = ["torch", "triton"]
+
+
+@pytest.fixture(autouse=True)
+def _poison(monkeypatch):
+    """Every kernel output starts as NaN, so an element the kernel forgets fails the test."""
+    monkeypatch.setattr(P, "_POISON_OUTPUTS", True)
 
 
 # ---------------------------------------------------------------- reference
@@ -200,5 +207,61 @@ def test_bad_inputs():
         op(x, c, y, torch.ones(3), impl="torch")
     with pytest.raises(ValueError, match="impl"):
         op(x, c, y, impl="cuda")
+
+
+def test_bad_inputs_triton_fp64(device):
+    x, c = torch.randn(5, 3, device=device), torch.randn(4, 3, device=device)
+    y = torch.tensor([0, 1, 2, 3, 0], device=device)
     with pytest.raises(TypeError, match="x"):
         op(x.double(), c.double(), y, impl="triton")
+
+
+# ---------------------------------------------------------------- tiles, determinism
+# (N, K, d) of the tests above and of the compile gate's test workloads
+CONFIG_SHAPES = [(37, 5, 19), (37, 70, 33), (37, 130, 130), (37, 40, 24), (37, 21, 40),
+                 (19, 21, 17), (200, 20, 24), (37, 3, 10), (130, 300, 70), (64, 33, 300),
+                 (65536, 3000, 128), (65536, 16384, 128)]
+
+
+@pytest.mark.parametrize("soft", [False, True], ids=["hard", "soft"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_interpreter_runs_the_gpu_config(dtype, soft):
+    """The interpreter runs the tiles a GPU runs; only the documented bf16 work-around differs."""
+    for _, K, d in CONFIG_SHAPES:
+        gpu = P._config(K, d, dtype, soft, "cuda")
+        cpu = P._config(K, d, dtype, soft, "interpreter")
+        assert cpu._replace(upcast=gpu.upcast) == gpu
+        assert gpu.upcast is False and cpu.upcast is (dtype == torch.bfloat16)
+        for b in (gpu.block_n, gpu.block_k, gpu.block_d, gpu.block_do):
+            assert b >= 16 and b & (b - 1) == 0
+        assert gpu.precision in ("ieee", "tf32x3")  # fp32 dots stay accurate
+
+
+def test_kernels_are_atomic_free():
+    import inspect
+
+    for kern in (P._fwd_kernel, P._bwd_dx_kernel, P._bwd_dp_kernel):
+        assert "atomic" not in inspect.getsource(kern.fn).replace("no atomics", "")
+
+
+@pytest.mark.parametrize("mode", [("hard", "vector"), ("soft", "scalar")], ids=["hard", "soft"])
+def test_triton_deterministic_over_row_splits(mode, device, monkeypatch):
+    """Several row splits of dprototypes: right, and the same bits twice and with one split."""
+    x, c, t, T = _inputs(200, 20, 24, *mode, seed=5)
+    to = (lambda a: a.to(device) if isinstance(a, torch.Tensor) else a)
+    cfg = P._config(20, 24, torch.float32, mode[0] == "soft", "interpreter")
+    splits, _ = P._dp_splits(200, 20, 24, cfg, torch.device(device))
+    assert splits > 1
+    first = _run(op, to(x), to(c), to(t), to(T), torch.float32, impl="triton")
+    second = _run(op, to(x), to(c), to(t), to(T), torch.float32, impl="triton")
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+    truth = _run(ref, x, c, t, T, torch.float64)
+    want = _run(ref, x, c, t, T, torch.float32)
+    for name, o, r, tr in zip(["loss", "dx", "dprototypes"], first, want, truth):
+        assert_close_to_truth(o.cpu(), r, tr, torch.float32, name=name)
+    # the memory cap on the partial buffers: one split, the same gradient up to rounding
+    monkeypatch.setattr(P, "_DP_PARTIALS_BYTES", 1)
+    assert P._dp_splits(200, 20, 24, cfg, torch.device(device))[0] == 1
+    one = _run(op, to(x), to(c), to(t), to(T), torch.float32, impl="triton")
+    torch.testing.assert_close(one[2], first[2], rtol=1e-5, atol=1e-6)
