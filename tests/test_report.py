@@ -94,6 +94,7 @@ def test_report_writes_the_tables_and_keeps_the_prose(tmp_path, capsys):
 
 
 def test_check_fails_when_a_file_changes(tmp_path, capsys):
+    # no-triton-launch: "triton" is only data here
     res, readme = _fixture(tmp_path)
     main(["report", "--results", str(res), "--readme", str(readme)])
     before = readme.read_text()
@@ -105,6 +106,7 @@ def test_check_fails_when_a_file_changes(tmp_path, capsys):
 
 
 def test_new_csv_columns_and_rows_from_other_devices_still_read(tmp_path):
+    # no-triton-launch: "triton" is only data here
     res, _ = _fixture(tmp_path)
     with open(res / "kmeans.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS + ["error"])

@@ -65,6 +65,7 @@ def test_run_step_output_exit_and_timeout(tmp_path):
 
 
 def test_write_summary_on_a_fake_result(tmp_path):
+    # no-triton-launch: "triton" is only data here
     csv_path = tmp_path / "bench.csv"
     append_rows(csv_path, [
         _row(op="dec_loss", provider="deepclust-triton", mode="full",
