@@ -115,7 +115,6 @@ def test_device_rule_checker_flags_a_cpu_only_triton_test(tmp_path):
 
 
 # Folders where the rule is not enforced yet (violations reported as a skip); none now.
-# (visible with -ra) rather than a failure. Empty this tuple once they comply.
 _NOT_YET_ENFORCED = ()
 
 
