@@ -58,8 +58,8 @@ def _parser() -> argparse.ArgumentParser:
                         "without --resume a run starts afresh and overwrites it")
     f.add_argument("--resume", action="store_true", help="continue from the --checkpoint file")
     f.add_argument("--nproc", type=int, default=None, metavar="N",
-                   help="train data-parallel in N processes on this machine (dec, swav; gloo on "
-                        "the CPU, NCCL with one GPU each on CUDA); torchrun works too")
+                   help="train data-parallel in N processes on this machine (dec, swav, tcl, pcl; "
+                        "gloo on the CPU, NCCL with one GPU each on CUDA); torchrun works too")
     f.add_argument("--debug", action="store_true", help="show tracebacks")
     d = sub.add_parser("demo", help="the main job on the embedded digits: k-means, DEC, op timing")
     d.add_argument("--seed", type=int, default=0)
@@ -150,7 +150,12 @@ def _fit_kmeans(data, config) -> dict:
 
 
 # methods with a data-parallel training loop (deepclust.distributed)
-PARALLEL_METHODS = ("dec", "swav")
+PARALLEL_METHODS = ("dec", "swav", "tcl", "pcl")
+
+# why a method has no data-parallel loop (the default: it trains in one process)
+_SERIAL_REASONS = {
+    "daegc": "it trains on the whole graph at once (full-graph, no mini-batches to shard)",
+}
 
 
 def _check_checkpoint_args(method, checkpoint, resume):
@@ -183,9 +188,10 @@ def _check_nproc(method, nproc, dev) -> None:
 
     from .distributed import env_world_size
 
+    why = f": {_SERIAL_REASONS[method]}" if method in _SERIAL_REASONS else ""
     if nproc is None:
         if env_world_size() > 1 and method not in PARALLEL_METHODS:
-            raise CLIError(f"method {method!r} trains in one process; a data-parallel fit "
+            raise CLIError(f"method {method!r} trains in one process{why}; a data-parallel fit "
                            f"(torchrun, --nproc) supports {', '.join(PARALLEL_METHODS)}")
         return
     if nproc < 1:
@@ -199,7 +205,7 @@ def _check_nproc(method, nproc, dev) -> None:
     if nproc > have:
         raise CLIError(f"--nproc {nproc} is more than the {have} {what} of this machine")
     if nproc > 1 and method not in PARALLEL_METHODS:
-        raise CLIError(f"method {method!r} trains in one process; --nproc supports "
+        raise CLIError(f"method {method!r} trains in one process{why}; --nproc supports "
                        f"{', '.join(PARALLEL_METHODS)}")
 
 

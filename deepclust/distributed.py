@@ -1,15 +1,19 @@
 """Data-parallel ``deepclust fit``: process-group set-up, batch shards, gradient all-reduce,
 a batch norm over the whole group, and the ``--nproc`` launcher.
 
-How a data-parallel fit works (DEC and SwAV): every rank holds the same model (same seed,
+How a data-parallel fit works (DEC, SwAV, TCL, PCL): every rank holds the same model (same seed,
 same initialisation) and draws the same random numbers (the shuffle and the augmentations
 of the *global* batch, from the same generators), then keeps its contiguous shard of each
 batch (:func:`shard`). Each rank's loss is its local mean weighted by its share of the global
 batch, and the gradients are summed over the group (:func:`all_reduce_gradients`), which
 gives the gradient of the global batch mean; every rank then takes the same optimiser step.
 Batch norm layers become :class:`GroupBatchNorm` (statistics over the global batch), so the
-forward pass is the one of one process on the global batch. The result equals a one-process
-run within float tolerance (sums are taken in another order).
+forward pass is the one of one process on the global batch. Losses that couple the rows of
+a batch reduce over the group: SwAV's Sinkhorn, TCL's contrastive losses (the ops' ``group``),
+PCL's queue and ProtoNCE prototypes (keys and indices gathered; see
+:meth:`deepclust.models.pcl.PCL.forward`). The result equals a one-process run within float
+tolerance (sums are taken in another order). DAEGC trains on the whole graph at once and has
+no data-parallel path.
 """
 from __future__ import annotations
 

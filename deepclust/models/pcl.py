@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .._utils import all_gather_no_grad, all_reduce_sum, get_group
 from ..ops.prototype import prototype_cross_entropy
 from ..reference.pcl import info_nce_loss, pcl_clustering, sample_negative_prototypes
 from .base import FitConfig, LossOutput
@@ -34,11 +35,13 @@ class PCL(nn.Module):
         r_proto: negative prototypes per clustering (default ``r``).
         impl: op path for ProtoNCE (``"auto"``, ``"triton"``, ``"torch"``).
         generator: optional ``torch.Generator`` for the negative-prototype sampling.
+        group: process group for a data-parallel step (``None``: the default group when
+            ``torch.distributed`` is initialised, else one process); see :meth:`forward`.
     """
 
     def __init__(self, encoder_q: nn.Module, encoder_k: Optional[nn.Module] = None, dim: int = 128,
                  r: int = 16384, m: float = 0.999, T: float = 0.2, r_proto: Optional[int] = None,
-                 impl: str = "auto", generator: Optional[torch.Generator] = None):
+                 impl: str = "auto", generator: Optional[torch.Generator] = None, group=None):
         super().__init__()
         self.encoder_q = encoder_q
         self.encoder_k = copy.deepcopy(encoder_q) if encoder_k is None else encoder_k
@@ -47,7 +50,7 @@ class PCL(nn.Module):
             pk.requires_grad = False
         self.r, self.m, self.T = int(r), float(m), float(T)
         self.r_proto = self.r if r_proto is None else int(r_proto)
-        self.impl, self.generator = impl, generator
+        self.impl, self.generator, self.group = impl, generator, group
         self.register_buffer("queue", F.normalize(torch.randn(self.r, dim), dim=1))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
 
@@ -79,7 +82,21 @@ class PCL(nn.Module):
                 cluster_result: Optional[Dict[str, List[torch.Tensor]]] = None) -> LossOutput:
         """InfoNCE over the queue, plus ProtoNCE (averaged over clusterings) when
         ``cluster_result`` (from :meth:`compute_clusters`) and the batch's data-set ``index``
-        are given. Updates the key encoder and the queue."""
+        are given. Updates the key encoder and the queue.
+
+        Distributed (a process group of ``W`` ranks): every rank passes its shard of the global
+        batch (``im_q``, ``im_k`` and ``index``: contiguous shards in rank order, at least one
+        row each) and the same ``cluster_result``; batch norm layers of the encoders should be
+        :class:`deepclust.distributed.GroupBatchNorm`. The keys and indices of all ranks are
+        gathered: the queue receives the global batch's keys (the same queue on every rank),
+        the positive prototypes are those of the global batch (the columns of every row's
+        ProtoNCE softmax) and the negatives are sampled from them with :attr:`generator`
+        (which must be in the same state on every rank). The returned ``total`` has the
+        *value* of the global batch's loss (as have ``components``) and the *gradient* of
+        this rank's part of it (its rows' terms over the global row count): summing the
+        gradients over the ranks gives the global batch's gradient."""
+        if get_group(self.group) is not None:
+            return self._forward_group(im_q, im_k, index, cluster_result, get_group(self.group))
         q = F.normalize(self.encoder_q(im_q), dim=1)
         with torch.no_grad():
             self._momentum_update()
@@ -104,6 +121,56 @@ class PCL(nn.Module):
             loss = loss + proto
         return LossOutput(loss, parts)
 
+    def _forward_group(self, im_q, im_k, index, cluster_result, group) -> LossOutput:
+        """:meth:`forward` over a process group (see there)."""
+        if cluster_result is not None and index is None:
+            raise ValueError("index is required with cluster_result")
+        q = F.normalize(self.encoder_q(im_q), dim=1)
+        with torch.no_grad():
+            self._momentum_update()
+            k = F.normalize(self.encoder_k(im_k), dim=1)
+        b = q.shape[0]
+        sizes = [int(s) for s in all_gather_no_grad(torch.tensor([b], device=q.device), group)]
+        if min(sizes) < 1:
+            raise ValueError(f"every rank needs at least one row, got shard sizes {sizes}")
+        total_rows = sum(sizes)
+        offset = sum(sizes[:torch.distributed.get_rank(group)])
+        share = b / total_rows
+        # each rank's rows: their own keys against the (common) queue
+        info = info_nce_loss(q, k, self.queue.clone(), tau=self.T) * share
+        self._enqueue(_gather_rows(k, sizes, group))
+        terms = [info]
+        if cluster_result is not None:
+            index_all = _gather_rows(index.to(q.device), sizes, group)
+            proto = 0.0
+            target = torch.arange(offset, offset + b, device=q.device)
+            for lab, cent, phi in zip(cluster_result["im2cluster"], cluster_result["centroids"],
+                                      cluster_result["density"]):
+                pos = lab[index_all]  # the global batch's positives: every row's columns
+                neg = sample_negative_prototypes(pos, cent.shape[0], self.r_proto, self.generator)
+                sel = torch.cat([pos, neg])
+                proto = proto + prototype_cross_entropy(q, cent[sel].to(q.dtype), target, phi[sel],
+                                                        impl=self.impl)
+            terms.append(proto / len(cluster_result["centroids"]) * share)
+        part = terms[0] if len(terms) == 1 else terms[0] + terms[1]
+        values = all_reduce_sum(torch.stack([t.detach().double() for t in terms]), group)
+        parts = {"info_nce": float(values[0])}
+        if len(terms) > 1:
+            parts["proto_nce"] = float(values[1])
+        glob = values.sum().to(part.dtype)
+        return LossOutput(part + (glob - part.detach()), parts)
+
+
+def _gather_rows(t: torch.Tensor, sizes: List[int], group) -> torch.Tensor:
+    """Every rank's rows of ``t`` (``sizes[r]`` rows on rank ``r``), concatenated in rank
+    order, without gradient."""
+    pad = max(sizes) - t.shape[0]
+    if pad:
+        t = torch.cat([t, t.new_zeros((pad,) + tuple(t.shape[1:]))])
+    full = all_gather_no_grad(t, group)
+    m = max(sizes)
+    return torch.cat([full[r * m:r * m + s] for r, s in enumerate(sizes)])
+
 
 # ----------------------------------------------------------------------------- CLI
 def _augment(x: torch.Tensor, g: torch.Generator, noise: float, drop: float) -> torch.Tensor:
@@ -111,6 +178,24 @@ def _augment(x: torch.Tensor, g: torch.Generator, noise: float, drop: float) -> 
     std = x.std(0, keepdim=True) + 1e-6
     out = x + noise * std * torch.randn(x.shape, generator=g, device=x.device)
     return out * (torch.rand(x.shape, generator=g, device=x.device) > drop)
+
+
+def _broadcast(obj, device):
+    """Rank 0's ``obj`` (tensors, or dicts/lists of them) on every rank, tensors on ``device``."""
+    import torch.distributed as dist
+
+    def move(o, dev):
+        if isinstance(o, torch.Tensor):
+            return o.to(dev)
+        if isinstance(o, dict):
+            return {key: move(v, dev) for key, v in o.items()}
+        if isinstance(o, (list, tuple)):
+            return type(o)(move(v, dev) for v in o)
+        return o
+
+    box = [move(obj, "cpu")]
+    dist.broadcast_object_list(box, src=0)
+    return move(box[0], device)
 
 
 def cli_fit(data, config: FitConfig = FitConfig()) -> dict:
@@ -125,10 +210,21 @@ def cli_fit(data, config: FitConfig = FitConfig()) -> dict:
 
     With ``config.checkpoint`` a checkpoint (model with its queue, optimiser, both generators,
     the current clustering, epoch) is written after every epoch; ``config.resume`` continues
-    from it. PCL trains in one process (no data-parallel path).
+    from it.
+
+    Under ``torch.distributed`` (``deepclust fit --nproc N`` or torchrun) every rank draws the
+    whole batch and both of its views from the shared generator and keeps its contiguous shard;
+    batch norm (of both encoders) takes its statistics over the group
+    (:class:`deepclust.distributed.GroupBatchNorm`), the queue receives the keys of the whole
+    batch and ProtoNCE's positives/negatives are the global batch's (:meth:`PCL.forward`), and
+    the gradients are summed, so every step is the one of one process on the global batch
+    within float tolerance. The clusterings (every refresh and the final labels) are computed
+    by rank 0 from the features of the whole data set and broadcast, so every rank uses the
+    same ones. The batch must split evenly over the processes.
     """
     from tqdm.auto import tqdm
 
+    from .. import distributed
     from ..checkpoint import Checkpointer, cpu_state
 
     ck = Checkpointer.from_config(config, "pcl", data.name)
@@ -145,6 +241,12 @@ def cli_fit(data, config: FitConfig = FitConfig()) -> dict:
     enc = nn.Sequential(nn.Linear(d, 256), nn.BatchNorm1d(256), nn.ReLU(), nn.Linear(256, 64))
     model = PCL(enc, dim=64, r=1024, m=0.99, T=0.2, impl=config.impl,
                 generator=torch.Generator(device=dev).manual_seed(config.seed)).to(dev)
+    world = distributed.world_size()
+    if world > 1:
+        if bs % world:
+            raise ValueError(f"PCL's batch of {bs} rows does not split evenly over {world} processes")
+        model = distributed.convert_batchnorm(model)
+        sl = distributed.shard(bs)
     opt = torch.optim.Adam(model.encoder_q.parameters(), lr=1e-3)
     num_clusters = [c for c in (k, 2 * k) if c <= n]
     clusters, last, e0 = None, {}, 0
@@ -162,16 +264,24 @@ def cli_fit(data, config: FitConfig = FitConfig()) -> dict:
     for ep in tqdm(range(e0, epochs), desc="pcl", disable=not config.progress, initial=e0, total=epochs):
         if ep >= warmup and (ep - warmup) % every == 0:
             model.eval()
-            clusters = model.compute_clusters(model.embed(x), num_clusters, seed=config.seed + ep,
-                                              n_init=5, max_iter=20, backend="sklearn")
+            clusters = None
+            if distributed.rank() == 0:
+                clusters = model.compute_clusters(model.embed(x), num_clusters, seed=config.seed + ep,
+                                                  n_init=5, max_iter=20, backend="sklearn")
+            if world > 1:
+                clusters = _broadcast(clusters, dev)
             model.train()
         perm = torch.randperm(n, generator=g, device=dev)
         for i in range(0, n - bs + 1, bs):
             idx = perm[i:i + bs]
-            out = model(_augment(x[idx], g, 0.2, 0.2), _augment(x[idx], g, 0.2, 0.2), index=idx,
-                        cluster_result=clusters if ep >= warmup else None)
+            im_q, im_k = _augment(x[idx], g, 0.2, 0.2), _augment(x[idx], g, 0.2, 0.2)
+            if world > 1:  # every rank drew the whole batch's views; each keeps its shard
+                idx, im_q, im_k = idx[sl], im_q[sl], im_k[sl]
+            out = model(im_q, im_k, index=idx, cluster_result=clusters if ep >= warmup else None)
             opt.zero_grad()
             out.total.backward()
+            if world > 1:
+                distributed.all_reduce_gradients(model.encoder_q.parameters())
             opt.step()
             last = out.components
         if ck.enabled:
@@ -181,7 +291,11 @@ def cli_fit(data, config: FitConfig = FitConfig()) -> dict:
                      "clusters": None if clusters is None else {
                          key: [t.detach().cpu() for t in val] for key, val in clusters.items()}})
     model.eval()
-    feats = model.embed(x)
-    labels = pcl_clustering(feats, [k], temperature=model.T, seed=config.seed,
-                            backend="sklearn")["im2cluster"][0]
+    labels = None
+    if distributed.rank() == 0:
+        feats = model.embed(x)
+        labels = pcl_clustering(feats, [k], temperature=model.T, seed=config.seed,
+                                backend="sklearn")["im2cluster"][0]
+    if world > 1:
+        labels = _broadcast(labels, dev)
     return {"pred": labels.cpu().numpy().astype(np.int64), **{k_: float(v) for k_, v in last.items()}}

@@ -35,11 +35,13 @@ class TCL(nn.Module):
         tau_instance: temperature of the instance loss. Default 0.5.
         tau_cluster: temperature of the cluster loss. Default 1.0.
         impl: op path, ``"auto"``, ``"triton"`` or ``"torch"``.
+        group: process group of the two losses (``None``: the default group when
+            ``torch.distributed`` is initialised, else one process); see :meth:`loss`.
     """
 
     def __init__(self, backbone: nn.Module, feat_dim: int, n_clusters: int,
                  instance_dim: int = 128, tau_instance: float = 0.5, tau_cluster: float = 1.0,
-                 impl: str = "auto"):
+                 impl: str = "auto", group=None):
         super().__init__()
         feat_dim = check_int(feat_dim, "feat_dim", minimum=1)
         n_clusters = check_int(n_clusters, "n_clusters", minimum=2)
@@ -47,6 +49,7 @@ class TCL(nn.Module):
         self.tau_instance = check_positive(tau_instance, "tau_instance")
         self.tau_cluster = check_positive(tau_cluster, "tau_cluster")
         self.impl = impl
+        self.group = group
         self.n_clusters = n_clusters
         self.backbone = backbone
         self.instance_projector = nn.Sequential(
@@ -63,7 +66,13 @@ class TCL(nn.Module):
 
     def loss(self, views: Sequence[torch.Tensor]) -> LossOutput:
         """TCL's loss on ``m >= 2`` augmented views of one batch (each of the same shape):
-        ``instance_contrastive_loss(z) + cluster_contrastive_loss(c)`` over the stacked views."""
+        ``instance_contrastive_loss(z) + cluster_contrastive_loss(c)`` over the stacked views.
+
+        Distributed (a process group of ``W`` ranks): every rank passes its shard of each view
+        (all ranks the same number of rows); the loss is the one of one process on the global
+        batch whose view ``v`` is view ``v`` of rank 0, of rank 1, ... (contiguous shards of the
+        global views, in rank order), on every rank, and each rank's gradient is ``W`` times
+        its part: backward ``total / W`` and sum the gradients over the ranks."""
         views = list(views)
         if len(views) < 2:
             raise ValueError(f"views must hold at least 2 augmented views, got {len(views)}")
@@ -73,8 +82,8 @@ class TCL(nn.Module):
                 raise ValueError(f"views must all have one shape, got {tuple(shape)} and {tuple(v.shape)}")
         z, c = self(torch.cat(views))
         m = len(views)
-        li = instance_contrastive_loss(z, m, self.tau_instance, impl=self.impl)
-        lc = cluster_contrastive_loss(c, m, self.tau_cluster, impl=self.impl)
+        li = instance_contrastive_loss(z, m, self.tau_instance, self.group, impl=self.impl)
+        lc = cluster_contrastive_loss(c, m, self.tau_cluster, self.group, impl=self.impl)
         total = li + lc
         return LossOutput(total, {"instance": float(li.detach()), "cluster": float(lc.detach())})
 
@@ -116,9 +125,16 @@ def cli_fit(data, config: FitConfig = FitConfig()) -> dict:
     ``max(5, 100000 // N)``.
 
     With ``config.checkpoint`` a checkpoint (model, optimiser, generator, step) is written
-    after every epoch (``N // batch`` steps); ``config.resume`` continues from it. TCL trains
-    in one process (no data-parallel path).
+    after every epoch (``N // batch`` steps); ``config.resume`` continues from it.
+
+    Under ``torch.distributed`` (``deepclust fit --nproc N`` or torchrun) every rank draws the
+    whole batch and both of its views from the shared generator and keeps its contiguous shard
+    of each view; the contrastive losses run over the group (the global batch's loss), batch
+    norm takes its statistics over the group (:class:`deepclust.distributed.GroupBatchNorm`)
+    and the gradients are summed, so every step is the one of one process on the global batch
+    within float tolerance. The batch must split evenly over the processes.
     """
+    from .. import distributed
     from ..checkpoint import Checkpointer, cpu_state
 
     if data.image_shape is None:
@@ -132,10 +148,16 @@ def cli_fit(data, config: FitConfig = FitConfig()) -> dict:
     n = x.shape[0]
     k = data.n_clusters
     model = TCL(_SmallCNN(c, h, w), 128, k, impl=config.impl).to(dev)
+    batch = min(256, n // 2 * 2)
+    world = distributed.world_size()
+    if world > 1:
+        if batch % world:
+            raise ValueError(f"TCL's batch of {batch} rows does not split evenly over {world} processes")
+        model = distributed.convert_batchnorm(model)
+        sl = distributed.shard(batch)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-5)
     epochs = config.epochs if config.epochs is not None else _DEFAULT_EPOCHS.get(
         data.name, max(5, 100000 // n))
-    batch = min(256, n // 2 * 2)
     per_epoch = max(1, n // batch)
     steps = epochs * per_epoch
     last, s0 = float("nan"), 0
@@ -156,9 +178,14 @@ def cli_fit(data, config: FitConfig = FitConfig()) -> dict:
     for step in it:
         idx = torch.randperm(n, generator=g, device=dev)[:batch]
         xb = x[idx]
-        out = model.loss([weak_augment(xb, g), strong_augment(xb, g)])
+        views = [weak_augment(xb, g), strong_augment(xb, g)]
+        if world > 1:  # every rank drew the whole batch's views; each keeps its shard
+            views = [v[sl] for v in views]
+        out = model.loss(views)
         opt.zero_grad(set_to_none=True)
-        out.total.backward()
+        (out.total if world == 1 else out.total / world).backward()
+        if world > 1:
+            distributed.all_reduce_gradients(model.parameters())
         opt.step()
         last = out.components["instance"] + out.components["cluster"]
         if config.progress and step % 10 == 0:
