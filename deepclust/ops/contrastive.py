@@ -195,7 +195,8 @@ def _config(d: int, dtype: torch.dtype, target: str, backward: bool = False) -> 
     block_d = 32  # (16 for small d: no gain, and an fp32 spill on sm_80 with Triton 3.6)
     if not backward:
         return _Config(64 if half else 32, 64, block_d, 0, 4, 1, prec, prec, upcast)
-    block_do = min(128, max(16, next_pow2(d)))
+    # fp32 dq blocks of 128 spill 8 bytes on sm_90 with Triton 3.6 at aligned d: 64 there
+    block_do = min(128 if half else 64, max(16, next_pow2(d)))
     # 8 warps share the big accumulators (and the FMA operands); with a narrow 16-bit dq tile,
     # ptxas caps 8 warps at 128 registers and spills, where 4 warps do not (and vice versa
     # for fp32: measured on sm_80, Triton 3.6 and 3.9)
