@@ -1,18 +1,24 @@
 """Fused DEC ops: Student's t soft assignment, target distribution, KL loss, hard assignment.
 
 The Triton path never materialises the ``N x K`` matrices on the loss path: distances come from
-``tl.dot`` tiles (``||z||^2 + ||mu||^2 - 2 z mu^T``, clamped at 0), each row block sweeps the
-``K`` tiles with an online logsumexp, and the loss kernel forms the gradients of ``z`` and
-``centers`` in the forward pass (``P`` is a constant), so the backward only scales them.
-Extra memory is ``O(N + K d)``: the row logsumexp, the column sums ``f`` and an fp32 ``K x d``
-accumulator for the centre gradient (plus an fp32 ``N x d`` buffer for the ``z`` gradient when
-``d > 256``, where it cannot stay in registers).
+``tl.dot`` tiles (``||z||^2 + ||mu||^2 - 2 z mu^T``, clamped at 0, the feature dimension swept
+in chunks), each row block sweeps the ``K`` tiles with an online logsumexp, and the loss kernels
+form the gradients of ``z`` and ``centers`` in the forward pass (``P`` is a constant), so the
+backward only scales them.
+
+Every reduction across programs is deterministic (no atomics): a row-major kernel owns its rows
+(loss, row statistics, ``dL/dz``), a column-major kernel owns a tile of centres over one slice
+of the rows and writes its partial column sums ``f`` or partial ``dL/dcenters``; torch sums the
+partials in a fixed order. Extra memory is ``O(N + K d)``: two fp32 row statistics (``2 N``),
+the partial column sums (``S x K``) and the partial centre gradient (``S x K x d``, fp32), with
+the number of row slices ``S`` capped so that ``S x K x d <= max(K d, 2^24)`` elements (64 MB).
 
 ``log q`` is computed as ``s - logsumexp(s)`` with ``s = -(alpha+1)/2 * log1p(d/alpha)``, so far
 away points give finite losses and gradients where the reference's ``q.log()`` underflows.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import torch
@@ -22,7 +28,9 @@ from .._utils import (
     HAS_TRITON,
     check_positive,
     check_tensor,
+    kernel_target,
     next_pow2,
+    num_programs,
     resolve_impl,
 )
 from ..reference.dec import _check_dec_loss_args, _check_z_centers
@@ -30,12 +38,12 @@ from ..reference.dec import _check_dec_loss_args, _check_z_centers
 __all__ = ["soft_assign", "target_distribution", "dec_loss", "hard_assign"]
 
 # Precision of the fp32 tl.dot tiles: "tf32x3" is close to fp32 and much faster than "ieee" on
-# tensor-core GPUs. All dots take fp32 tiles (16-bit inputs are upcast on load).
+# tensor-core GPUs. All dots take fp32 tiles (16-bit inputs are upcast on load, which is exact).
 _DOT_PRECISION = "tf32x3"
 # Tests set this to fill every kernel output with NaN before the kernel writes it.
 _POISON_OUTPUTS = False
-# Largest padded feature dimension kept in registers as one tile.
-_SINGLE_D_MAX = 256
+# Cap, in fp32 elements, of the per-slice partial buffers of the column-major kernels.
+_PARTIAL_ELEMS = 1 << 24
 # Rows per chunk of the torch path, as a budget of chunk x K elements.
 _TORCH_CHUNK_ELEMS = 1 << 24
 
@@ -52,48 +60,59 @@ if HAS_TRITON:
         return tl.where(u == 1.0, x, tl.log(u) * (x / den))
 
     @triton.jit
-    def _row_sqnorm(z_ptr, rows, rmask, D, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-        zz = tl.zeros([BLOCK_N], dtype=tl.float32)
-        for d0 in range(0, D, BLOCK_D):
-            offs_d = d0 + tl.arange(0, BLOCK_D)
-            zt = tl.load(
-                z_ptr + rows[:, None] * D + offs_d[None, :],
-                mask=rmask[:, None] & (offs_d[None, :] < D),
-                other=0.0,
-            ).to(tl.float32)
-            zz += tl.sum(zt * zt, axis=1)
-        return zz
-
-    @triton.jit
     def _sqdist_tile(
-        z_ptr, mu_ptr, rows, rmask, cols, cmask, zz, D,
+        z_ptr, mu_ptr, rows, rmask, cols, cmask, D,
         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
         PREC: tl.constexpr,
     ):
+        """Squared distances of a row tile to a centre tile, the features swept BLOCK_D wide."""
         acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+        zz = tl.zeros([BLOCK_N], dtype=tl.float32)
         mm = tl.zeros([BLOCK_K], dtype=tl.float32)
         for d0 in range(0, D, BLOCK_D):
             offs_d = d0 + tl.arange(0, BLOCK_D)
             dmask = offs_d < D
-            zt = tl.load(
-                z_ptr + rows[:, None] * D + offs_d[None, :],
-                mask=rmask[:, None] & dmask[None, :],
-                other=0.0,
-            ).to(tl.float32)
-            mt = tl.load(
-                mu_ptr + cols[:, None] * D + offs_d[None, :],
-                mask=cmask[:, None] & dmask[None, :],
-                other=0.0,
-            ).to(tl.float32)
+            zt = tl.load(z_ptr + rows[:, None] * D + offs_d[None, :],
+                         mask=rmask[:, None] & dmask[None, :], other=0.0).to(tl.float32)
+            mt = tl.load(mu_ptr + cols[:, None] * D + offs_d[None, :],
+                         mask=cmask[:, None] & dmask[None, :], other=0.0).to(tl.float32)
             acc += tl.dot(zt, tl.trans(mt), input_precision=PREC)
+            zz += tl.sum(zt * zt, axis=1)
             mm += tl.sum(mt * mt, axis=1)
         return tl.maximum(zz[:, None] + mm[None, :] - 2.0 * acc, 0.0)
 
     @triton.jit
+    def _grad_tile(
+        dist, rows, rmask, cols, cmask, lse, rstat, log_s, tgt_ptr, f_ptr, K,
+        coef, inv_alpha, grad_scale, HAS_TARGET: tl.constexpr,
+    ):
+        """dL/d(dist) and the loss terms of one tile. ``rstat``: the row sums of the cached
+        target, or 1 / sum_j q_ij^2 / f_j for the batch target (whose log is ``-log_s``)."""
+        valid = rmask[:, None] & cmask[None, :]
+        x = dist * inv_alpha
+        logq = tl.where(valid, coef * _log1p(x) - lse[:, None], float("-inf"))
+        q = tl.exp(logq)
+        logq = tl.where(valid, logq, 0.0)  # padding: finite, its terms are masked
+        w = 1.0 / (1.0 + x)
+        if HAS_TARGET:
+            p = tl.load(tgt_ptr + rows[:, None] * K + cols[None, :],
+                        mask=valid, other=0.0).to(tl.float32)
+            safe_p = tl.where(p > 0.0, p, 1.0)
+            term = tl.where(p > 0.0, p * (tl.log(safe_p) - logq), 0.0)
+            g = grad_scale * w * (p - rstat[:, None] * q)
+        else:
+            fj = tl.load(f_ptr + cols, mask=cmask, other=1.0)
+            safe_f = tl.where(fj > 0.0, fj, 1.0)
+            p = tl.where(q > 0.0, q * (q / safe_f[None, :]), 0.0) * rstat[:, None]
+            term = tl.where(p > 0.0, p * (logq - tl.log(safe_f)[None, :] - log_s[:, None]), 0.0)
+            g = grad_scale * w * (p - q)
+        return tl.where(valid, g, 0.0), tl.where(valid, term, 0.0)
+
+    @triton.jit(do_not_specialize=["nprog"])
     def _dec_rows_kernel(
-        z_ptr, mu_ptr, lse_ptr, out_ptr,
+        z_ptr, mu_ptr, lse_ptr, q_ptr,
         N, K, D, coef, inv_alpha, nprog,
-        MODE: tl.constexpr,  # 0: row logsumexp; 1: + column sums of q; 2: + write q
+        WRITE_Q: tl.constexpr,  # False: row logsumexp only; True: also write q
         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
         PREC: tl.constexpr,
     ):
@@ -102,13 +121,12 @@ if HAS_TRITON:
         for rb in range(pid, num_rb, nprog):
             rows = (rb * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
             rmask = rows < N
-            zz = _row_sqnorm(z_ptr, rows, rmask, D, BLOCK_N, BLOCK_D)
             m = tl.full([BLOCK_N], float("-inf"), dtype=tl.float32)
             l = tl.zeros([BLOCK_N], dtype=tl.float32)
             for k0 in range(0, K, BLOCK_K):
                 cols = (k0 + tl.arange(0, BLOCK_K)).to(tl.int64)
                 cmask = cols < K
-                dist = _sqdist_tile(z_ptr, mu_ptr, rows, rmask, cols, cmask, zz, D,
+                dist = _sqdist_tile(z_ptr, mu_ptr, rows, rmask, cols, cmask, D,
                                     BLOCK_N, BLOCK_K, BLOCK_D, PREC)
                 s = tl.where(cmask[None, :], coef * _log1p(dist * inv_alpha), float("-inf"))
                 m_new = tl.maximum(m, tl.max(s, axis=1))
@@ -116,48 +134,49 @@ if HAS_TRITON:
                 m = m_new
             lse = m + tl.log(l)
             tl.store(lse_ptr + rows, lse, mask=rmask)
-            if MODE > 0:
+            if WRITE_Q:
                 for k0 in range(0, K, BLOCK_K):
                     cols = (k0 + tl.arange(0, BLOCK_K)).to(tl.int64)
                     cmask = cols < K
-                    dist = _sqdist_tile(z_ptr, mu_ptr, rows, rmask, cols, cmask, zz, D,
+                    dist = _sqdist_tile(z_ptr, mu_ptr, rows, rmask, cols, cmask, D,
                                         BLOCK_N, BLOCK_K, BLOCK_D, PREC)
-                    s = coef * _log1p(dist * inv_alpha)
                     valid = rmask[:, None] & cmask[None, :]
-                    q = tl.exp(tl.where(valid, s - lse[:, None], float("-inf")))
-                    if MODE == 1:
-                        tl.atomic_add(out_ptr + cols, tl.sum(q, axis=0), mask=cmask)
-                    else:
-                        tl.store(out_ptr + rows[:, None] * K + cols[None, :],
-                                 q.to(out_ptr.dtype.element_ty), mask=valid)
+                    q = tl.exp(coef * _log1p(dist * inv_alpha) - lse[:, None])
+                    tl.store(q_ptr + rows[:, None] * K + cols[None, :],
+                             q.to(q_ptr.dtype.element_ty), mask=valid)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["nprog"])
     def _dec_loss_kernel(
-        z_ptr, mu_ptr, tgt_ptr, lse_ptr, f_ptr, dz_ptr, dmu_ptr, loss_ptr,
+        z_ptr, mu_ptr, tgt_ptr, lse_ptr, f_ptr, rstat_ptr, dz_ptr, loss_ptr,
         N, K, D, coef, inv_alpha, grad_scale, nprog,
-        HAS_TARGET: tl.constexpr, NEED_DZ: tl.constexpr, NEED_DMU: tl.constexpr,
-        SINGLE_D: tl.constexpr, ONE_TILE: tl.constexpr,
+        HAS_TARGET: tl.constexpr, NEED_DZ: tl.constexpr,
         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
-        PREC: tl.constexpr,
+        BLOCK_G: tl.constexpr, PREC: tl.constexpr,
     ):
+        """Row-major: the loss, the row statistics and dL/dz of features [dg*BLOCK_G, +BLOCK_G)
+        (axis 1 of the grid), each program owning whole row blocks."""
         pid = tl.program_id(0)
+        dg = tl.program_id(1)
+        offs_g = dg * BLOCK_G + tl.arange(0, BLOCK_G)
+        gmask = offs_g < D
         num_rb = tl.cdiv(N, BLOCK_N)
+        n_store = tl.where(dg == 0, N, 0)  # the row statistics are stored once
         loss_rows = tl.zeros([BLOCK_N], dtype=tl.float32)
-        acc_dmu = tl.zeros([BLOCK_K, BLOCK_D], dtype=tl.float32)  # used when ONE_TILE
         for rb in range(pid, num_rb, nprog):
             rows = (rb * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
             rmask = rows < N
-            zz = _row_sqnorm(z_ptr, rows, rmask, D, BLOCK_N, BLOCK_D)
+            smask = rows < n_store
             # ---- sweep A: the row statistics of P
-            r = tl.zeros([BLOCK_N], dtype=tl.float32)      # sum_j p_ij (cached target)
-            ssum = tl.full([BLOCK_N], 1.0, dtype=tl.float32)  # sum_j q_ij^2 / f_j
             if HAS_TARGET:
                 m = tl.full([BLOCK_N], float("-inf"), dtype=tl.float32)
                 l = tl.zeros([BLOCK_N], dtype=tl.float32)
+                # sum_j p_ij, tile-wise then reduced once: Triton 3.6 asserts on a row sum of a
+                # loaded tile accumulated in the loop when the sum has more than one use
+                p_acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
                 for k0 in range(0, K, BLOCK_K):
                     cols = (k0 + tl.arange(0, BLOCK_K)).to(tl.int64)
                     cmask = cols < K
-                    dist = _sqdist_tile(z_ptr, mu_ptr, rows, rmask, cols, cmask, zz, D,
+                    dist = _sqdist_tile(z_ptr, mu_ptr, rows, rmask, cols, cmask, D,
                                         BLOCK_N, BLOCK_K, BLOCK_D, PREC)
                     s = tl.where(cmask[None, :], coef * _log1p(dist * inv_alpha), float("-inf"))
                     m_new = tl.maximum(m, tl.max(s, axis=1))
@@ -165,106 +184,103 @@ if HAS_TRITON:
                     m = m_new
                     p = tl.load(tgt_ptr + rows[:, None] * K + cols[None, :],
                                 mask=rmask[:, None] & cmask[None, :], other=0.0).to(tl.float32)
-                    r += tl.sum(p, axis=1)
+                    p_acc += p
                 lse = m + tl.log(l)
+                rstat = tl.sum(p_acc, axis=1)
+                log_s = rstat  # unused with a cached target
+                tl.store(lse_ptr + rows, lse, mask=smask)
             else:
                 lse = tl.load(lse_ptr + rows, mask=rmask, other=0.0)
-                ssum = tl.zeros([BLOCK_N], dtype=tl.float32)
+                ssum = tl.zeros([BLOCK_N], dtype=tl.float32)  # sum_j q_ij^2 / f_j
                 for k0 in range(0, K, BLOCK_K):
                     cols = (k0 + tl.arange(0, BLOCK_K)).to(tl.int64)
                     cmask = cols < K
-                    dist = _sqdist_tile(z_ptr, mu_ptr, rows, rmask, cols, cmask, zz, D,
+                    dist = _sqdist_tile(z_ptr, mu_ptr, rows, rmask, cols, cmask, D,
                                         BLOCK_N, BLOCK_K, BLOCK_D, PREC)
                     q = tl.exp(tl.where(cmask[None, :],
                                         coef * _log1p(dist * inv_alpha) - lse[:, None],
                                         float("-inf")))
                     fj = tl.load(f_ptr + cols, mask=cmask, other=1.0)
                     fj = tl.where(fj > 0.0, fj, 1.0)
-                    t = tl.where(q > 0.0, q * (q / fj[None, :]), 0.0)
-                    ssum += tl.sum(t, axis=1)
+                    ssum += tl.sum(tl.where(q > 0.0, q * (q / fj[None, :]), 0.0), axis=1)
                 ssum = tl.where(rmask, ssum, 1.0)
-            log_s = tl.log(ssum)
-            inv_s = 1.0 / ssum
-            # ---- sweep B: loss and gradients
+                log_s = tl.log(ssum)
+                rstat = 1.0 / ssum
+            tl.store(rstat_ptr + rows, rstat, mask=smask)
+            # ---- sweep B: loss and dL/dz = 2 (z_i sum_j g_ij - sum_j g_ij mu_j)
             gsum = tl.zeros([BLOCK_N], dtype=tl.float32)
-            dz_acc = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)  # used when SINGLE_D
+            dz_acc = tl.zeros([BLOCK_N, BLOCK_G], dtype=tl.float32)
             for k0 in range(0, K, BLOCK_K):
                 cols = (k0 + tl.arange(0, BLOCK_K)).to(tl.int64)
                 cmask = cols < K
-                valid = rmask[:, None] & cmask[None, :]
-                dist = _sqdist_tile(z_ptr, mu_ptr, rows, rmask, cols, cmask, zz, D,
+                dist = _sqdist_tile(z_ptr, mu_ptr, rows, rmask, cols, cmask, D,
                                     BLOCK_N, BLOCK_K, BLOCK_D, PREC)
-                x = dist * inv_alpha
-                logq = tl.where(valid, coef * _log1p(x) - lse[:, None], float("-inf"))
-                q = tl.exp(logq)
-                logq = tl.where(valid, logq, 0.0)  # padding: finite, its terms are masked
-                w = 1.0 / (1.0 + x)
-                if HAS_TARGET:
-                    p = tl.load(tgt_ptr + rows[:, None] * K + cols[None, :],
-                                mask=valid, other=0.0).to(tl.float32)
-                    safe_p = tl.where(p > 0.0, p, 1.0)
-                    term = tl.where(p > 0.0, p * (tl.log(safe_p) - logq), 0.0)
-                    g = grad_scale * w * (p - r[:, None] * q)
-                else:
-                    fj = tl.load(f_ptr + cols, mask=cmask, other=1.0)
-                    safe_f = tl.where(fj > 0.0, fj, 1.0)
-                    p = tl.where(q > 0.0, q * (q / safe_f[None, :]), 0.0) * inv_s[:, None]
-                    term = tl.where(p > 0.0,
-                                    p * (logq - tl.log(safe_f)[None, :] - log_s[:, None]), 0.0)
-                    g = grad_scale * w * (p - q)
-                term = tl.where(valid, term, 0.0)
-                g = tl.where(valid, g, 0.0)
+                g, term = _grad_tile(dist, rows, rmask, cols, cmask, lse, rstat, log_s,
+                                     tgt_ptr, f_ptr, K, coef, inv_alpha, grad_scale, HAS_TARGET)
                 loss_rows += tl.sum(term, axis=1)
                 if NEED_DZ:
                     gsum += tl.sum(g, axis=1)
-                if NEED_DZ or NEED_DMU:
-                    gcol = tl.sum(g, axis=0)
-                    for d0 in range(0, D, BLOCK_D):
-                        offs_d = d0 + tl.arange(0, BLOCK_D)
-                        dmask = offs_d < D
-                        mt = tl.load(mu_ptr + cols[:, None] * D + offs_d[None, :],
-                                     mask=cmask[:, None] & dmask[None, :], other=0.0).to(tl.float32)
-                        if NEED_DZ:
-                            part = tl.dot(g, mt, input_precision=PREC)
-                            if SINGLE_D:
-                                dz_acc += part
-                            else:
-                                dz_ptrs = dz_ptr + rows[:, None] * D + offs_d[None, :]
-                                zmask = rmask[:, None] & dmask[None, :]
-                                cur = tl.load(dz_ptrs, mask=zmask, other=0.0)
-                                tl.store(dz_ptrs, cur - 2.0 * part, mask=zmask)
-                        if NEED_DMU:
-                            zt = tl.load(z_ptr + rows[:, None] * D + offs_d[None, :],
-                                         mask=rmask[:, None] & dmask[None, :],
-                                         other=0.0).to(tl.float32)
-                            pm = 2.0 * gcol[:, None] * mt - 2.0 * tl.dot(
-                                tl.trans(g), zt, input_precision=PREC)
-                            if ONE_TILE:
-                                acc_dmu += pm
-                            else:
-                                tl.atomic_add(dmu_ptr + cols[:, None] * D + offs_d[None, :], pm,
-                                              mask=cmask[:, None] & dmask[None, :])
+                    mt = tl.load(mu_ptr + cols[:, None] * D + offs_g[None, :],
+                                 mask=cmask[:, None] & gmask[None, :], other=0.0).to(tl.float32)
+                    dz_acc += tl.dot(g, mt, input_precision=PREC)
             if NEED_DZ:
-                # dL/dz_i = 2 (z_i sum_j g_ij - sum_j g_ij mu_j)
-                for d0 in range(0, D, BLOCK_D):
-                    offs_d = d0 + tl.arange(0, BLOCK_D)
-                    zmask = rmask[:, None] & (offs_d[None, :] < D)
-                    zt = tl.load(z_ptr + rows[:, None] * D + offs_d[None, :],
-                                 mask=zmask, other=0.0).to(tl.float32)
-                    dz_ptrs = dz_ptr + rows[:, None] * D + offs_d[None, :]
-                    if SINGLE_D:
-                        res = 2.0 * (zt * gsum[:, None] - dz_acc)
-                    else:
-                        res = tl.load(dz_ptrs, mask=zmask, other=0.0) + 2.0 * zt * gsum[:, None]
-                    tl.store(dz_ptrs, res.to(dz_ptr.dtype.element_ty), mask=zmask)
-        if NEED_DMU and ONE_TILE:
-            offs_k = tl.arange(0, BLOCK_K)
-            offs_d = tl.arange(0, BLOCK_D)
-            tl.atomic_add(dmu_ptr + offs_k[:, None] * D + offs_d[None, :], acc_dmu,
-                          mask=(offs_k[:, None] < K) & (offs_d[None, :] < D))
-        tl.store(loss_ptr + pid, tl.sum(loss_rows, axis=0))
+                zmask = rmask[:, None] & gmask[None, :]
+                zt = tl.load(z_ptr + rows[:, None] * D + offs_g[None, :],
+                             mask=zmask, other=0.0).to(tl.float32)
+                dz = 2.0 * (zt * gsum[:, None] - dz_acc)
+                tl.store(dz_ptr + rows[:, None] * D + offs_g[None, :],
+                         dz.to(dz_ptr.dtype.element_ty), mask=zmask)
+        tl.store(loss_ptr + dg * nprog + pid, tl.sum(loss_rows, axis=0))
 
     @triton.jit
+    def _dec_cols_kernel(
+        z_ptr, mu_ptr, tgt_ptr, lse_ptr, f_ptr, rstat_ptr, out_ptr,
+        N, K, D, coef, inv_alpha, grad_scale, rows_per_slice,
+        CENTRE_GRAD: tl.constexpr,  # False: partial column sums of q; True: partial dL/dcenters
+        HAS_TARGET: tl.constexpr,
+        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+        BLOCK_G: tl.constexpr, PREC: tl.constexpr,
+    ):
+        """Column-major: centre tile ``program_id(0)`` over the rows of slice ``program_id(1)``
+        (features [dg*BLOCK_G, +BLOCK_G) with dg = ``program_id(2)``); writes the slice's partial
+        ``f`` (S x K) or partial dL/dcenters = 2 (mu_j sum_i g_ij - sum_i g_ij z_i) (S x K x D)."""
+        cols = (tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)).to(tl.int64)
+        cmask = cols < K
+        sl = tl.program_id(1)
+        offs_g = tl.program_id(2) * BLOCK_G + tl.arange(0, BLOCK_G)
+        gmask = offs_g < D
+        r0 = sl * rows_per_slice
+        r1 = tl.minimum(N, r0 + rows_per_slice)
+        colsum = tl.zeros([BLOCK_K], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_K, BLOCK_G], dtype=tl.float32)
+        for n0 in range(r0, r1, BLOCK_N):
+            rows = (n0 + tl.arange(0, BLOCK_N)).to(tl.int64)
+            rmask = rows < r1
+            dist = _sqdist_tile(z_ptr, mu_ptr, rows, rmask, cols, cmask, D,
+                                BLOCK_N, BLOCK_K, BLOCK_D, PREC)
+            lse = tl.load(lse_ptr + rows, mask=rmask, other=0.0)
+            if CENTRE_GRAD:
+                rstat = tl.load(rstat_ptr + rows, mask=rmask, other=1.0)
+                g, _ = _grad_tile(dist, rows, rmask, cols, cmask, lse, rstat, rstat,
+                                  tgt_ptr, f_ptr, K, coef, inv_alpha, grad_scale, HAS_TARGET)
+                colsum += tl.sum(g, axis=0)
+                zt = tl.load(z_ptr + rows[:, None] * D + offs_g[None, :],
+                             mask=rmask[:, None] & gmask[None, :], other=0.0).to(tl.float32)
+                acc += tl.dot(tl.trans(g), zt, input_precision=PREC)
+            else:
+                valid = rmask[:, None] & cmask[None, :]
+                s = coef * _log1p(dist * inv_alpha)
+                colsum += tl.sum(tl.exp(tl.where(valid, s - lse[:, None], float("-inf"))), axis=0)
+        if CENTRE_GRAD:
+            omask = cmask[:, None] & gmask[None, :]
+            mt = tl.load(mu_ptr + cols[:, None] * D + offs_g[None, :],
+                         mask=omask, other=0.0).to(tl.float32)
+            tl.store(out_ptr + (sl * K + cols[:, None]) * D + offs_g[None, :],
+                     2.0 * (colsum[:, None] * mt - acc), mask=omask)
+        else:
+            tl.store(out_ptr + sl * K + cols, colsum, mask=cmask)
+
+    @triton.jit(do_not_specialize=["nprog"])
     def _hard_assign_kernel(
         z_ptr, mu_ptr, out_ptr, N, K, D, nprog,
         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -275,13 +291,12 @@ if HAS_TRITON:
         for rb in range(pid, num_rb, nprog):
             rows = (rb * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
             rmask = rows < N
-            zz = _row_sqnorm(z_ptr, rows, rmask, D, BLOCK_N, BLOCK_D)
             best = tl.full([BLOCK_N], float("inf"), dtype=tl.float32)
             best_idx = tl.zeros([BLOCK_N], dtype=tl.int32)
             for k0 in range(0, K, BLOCK_K):
                 cols = (k0 + tl.arange(0, BLOCK_K)).to(tl.int64)
                 cmask = cols < K
-                dist = _sqdist_tile(z_ptr, mu_ptr, rows, rmask, cols, cmask, zz, D,
+                dist = _sqdist_tile(z_ptr, mu_ptr, rows, rmask, cols, cmask, D,
                                     BLOCK_N, BLOCK_K, BLOCK_D, PREC)
                 dist = tl.where(cmask[None, :], dist, float("inf"))
                 tile_min = tl.min(dist, axis=1)
@@ -292,15 +307,21 @@ if HAS_TRITON:
             tl.store(out_ptr + rows, best_idx.to(tl.int64), mask=rmask)
 
     @triton.jit
-    def _colsum_kernel(q_ptr, f_ptr, N, K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-        rows = (tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
-        rmask = rows < N
-        for k0 in range(0, K, BLOCK_K):
-            cols = (k0 + tl.arange(0, BLOCK_K)).to(tl.int64)
-            cmask = cols < K
+    def _colsum_kernel(q_ptr, f_ptr, N, K, rows_per_slice,
+                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        """Partial column sums of q: centre tile ``program_id(0)``, row slice ``program_id(1)``."""
+        cols = (tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)).to(tl.int64)
+        cmask = cols < K
+        sl = tl.program_id(1)
+        r0 = sl * rows_per_slice
+        r1 = tl.minimum(N, r0 + rows_per_slice)
+        acc = tl.zeros([BLOCK_K], dtype=tl.float32)
+        for n0 in range(r0, r1, BLOCK_N):
+            rows = (n0 + tl.arange(0, BLOCK_N)).to(tl.int64)
             q = tl.load(q_ptr + rows[:, None] * K + cols[None, :],
-                        mask=rmask[:, None] & cmask[None, :], other=0.0).to(tl.float32)
-            tl.atomic_add(f_ptr + cols, tl.sum(q, axis=0), mask=cmask)
+                        mask=(rows[:, None] < r1) & cmask[None, :], other=0.0).to(tl.float32)
+            acc += tl.sum(q, axis=0)
+        tl.store(f_ptr + sl * K + cols, acc, mask=cmask)
 
     @triton.jit
     def _target_kernel(q_ptr, f_ptr, p_ptr, N, K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
@@ -330,48 +351,81 @@ if HAS_TRITON:
 
 
 # ----------------------------------------------------------------------------- launchers
-def _new_output(shape, dtype, device, fill=0.0, zero=False):
+@dataclass(frozen=True)
+class _Config:
+    """Tiles, warps and stages of the DEC kernels for one (K, d, dtype, target)."""
+
+    block_n: int  # rows per tile of the distance-only kernels (rows, columns, hard assignment)
+    block_k: int  # centres per tile of the same
+    block_d: int  # feature chunk of their distance dots (the features are swept in chunks)
+    num_warps: int
+    grad_block_n: int  # rows per tile of the gradient kernels (loss + dL/dz, dL/dcenters)
+    grad_block_k: int  # centres per tile of the same
+    grad_block_d: int  # feature chunk of their distance dots
+    block_g: int  # feature chunk of a gradient accumulator: a grid axis sweeps d by it
+    block_g_cached: int  # the same with a cached target (whose tiles take registers)
+    grad_warps: int
+    num_stages: int
+    q_block_n: int  # tiles of the kernels on a given q (target distribution)
+    q_block_k: int
+    prec: str  # input_precision of every fp32 tl.dot
+
+
+def _config(K: int, d: int, dtype: torch.dtype, target: str) -> _Config:
+    """The tiles of every DEC kernel; the same for the GPU and the interpreter.
+
+    fp32 ``tf32x3`` dots split both operands into two tf32 halves in registers, so the tiles
+    stay small: the distance dots sweep the features 16-32 wide, a gradient accumulator
+    (``32 x block_g``) is at most 128 wide (64 with a cached target; wider features take more
+    programs, each recomputing the distances), and the larger tiles get 8 warps. No software
+    pipelining (``num_stages=1``): the feature loops are short and prefetch buffers cost
+    registers. All inputs are upcast to fp32 on load (exact for fp16/bf16), so the dtype does
+    not change the tiles. ``bench/gpu_compile.py`` finds no register spill in these on sm_80
+    and sm_90 with Triton 3.6 and 3.9 (ptxas spills a few bytes in 4-warp gradient tiles and in
+    32 x 128 ones with a cached target on sm_80, hence the choices below).
+    """
+    del dtype, target  # one configuration for every dtype, GPU and interpreter alike
+    d_pad = max(16, next_pow2(d))
+    k_pad = max(16, next_pow2(K))
+    block_k = min(k_pad, 64)
+    block_d = min(d_pad, 16 if block_k == 64 else 32)
+    return _Config(
+        block_n=64, block_k=block_k, block_d=block_d,
+        num_warps=8 if (64 + block_k) * block_d >= 2048 else 4,
+        grad_block_n=32, grad_block_k=32, grad_block_d=min(d_pad, 32),
+        block_g=min(d_pad, 128), block_g_cached=min(d_pad, 64), grad_warps=8,
+        num_stages=1, q_block_n=32, q_block_k=min(k_pad, 64), prec=_DOT_PRECISION,
+    )
+
+
+def _new_output(shape, dtype, device):
     if _POISON_OUTPUTS:
         return torch.full(shape, float("nan"), dtype=dtype, device=device)
-    if zero:
-        return torch.zeros(shape, dtype=dtype, device=device)
     return torch.empty(shape, dtype=dtype, device=device)
 
 
-def _blocks(K: int, D: int):
-    d_pad = max(16, next_pow2(D))
-    single_d = d_pad <= _SINGLE_D_MAX
-    block_d = d_pad if single_d else 64
-    block_k = max(16, min(64 if block_d <= 128 else 32, next_pow2(K)))
-    block_n = 64 if block_d <= 64 else 32
-    return block_n, block_k, block_d, single_d
+def _slices(num_rb: int, other_programs: int, slice_elems: int, device) -> Tuple[int, int]:
+    """(row slices S, row blocks per slice) of a column-major kernel: enough programs to fill
+    the GPU, at most ``max(1, _PARTIAL_ELEMS // slice_elems)`` partial buffers."""
+    want = max(1, num_programs(num_rb * other_programs, device) // other_programs)
+    s = max(1, min(num_rb, want, _PARTIAL_ELEMS // max(slice_elems, 1)))
+    per = triton.cdiv(num_rb, s)
+    return triton.cdiv(num_rb, per), per
 
 
-def _num_programs(num_rb: int, device: torch.device) -> int:
-    if device.type == "cuda":
-        sms = torch.cuda.get_device_properties(device).multi_processor_count
-        return max(1, min(num_rb, 8 * sms))
-    return max(1, min(num_rb, 3))  # interpreter: a few programs, each looping over row blocks
-
-
-def _launch_rows(z: Tensor, mu: Tensor, alpha: float, mode: int, out_dtype=None):
+def _launch_rows(z: Tensor, mu: Tensor, alpha: float, write_q: bool, out_dtype=None):
     n, d = z.shape
     k = mu.shape[0]
-    block_n, block_k, block_d, _ = _blocks(k, d)
-    num_rb = triton.cdiv(n, block_n)
-    nprog = _num_programs(num_rb, z.device)
+    cfg = _config(k, d, z.dtype, kernel_target(z.device))
+    nprog = num_programs(triton.cdiv(n, cfg.block_n), z.device)
     lse = _new_output((n,), torch.float32, z.device)
-    if mode == 1:
-        out = torch.zeros(k, dtype=torch.float32, device=z.device)
-    elif mode == 2:
-        out = _new_output((n, k), out_dtype, z.device)
-    else:
-        out = lse
+    q = _new_output((n, k), out_dtype, z.device) if write_q else lse
     _dec_rows_kernel[(nprog,)](
-        z, mu, lse, out, n, k, d, -(alpha + 1.0) / 2.0, 1.0 / alpha, nprog,
-        MODE=mode, BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_D=block_d, PREC=_DOT_PRECISION,
+        z, mu, lse, q, n, k, d, -(alpha + 1.0) / 2.0, 1.0 / alpha, nprog,
+        WRITE_Q=write_q, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, BLOCK_D=cfg.block_d,
+        PREC=cfg.prec, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
-    return lse, out
+    return lse, q
 
 
 def _dec_loss_triton(z, mu, target, alpha, need_dz, need_dmu):
@@ -379,32 +433,57 @@ def _dec_loss_triton(z, mu, target, alpha, need_dz, need_dmu):
     mu = mu.contiguous()
     n, d = z.shape
     k = mu.shape[0]
-    block_n, block_k, block_d, single_d = _blocks(k, d)
-    num_rb = triton.cdiv(n, block_n)
-    nprog = _num_programs(num_rb, z.device)
+    dev = z.device
+    cfg = _config(k, d, z.dtype, kernel_target(dev))
+    coef, inv_alpha = -(alpha + 1.0) / 2.0, 1.0 / alpha
+    grad_scale = (alpha + 1.0) / (2.0 * alpha * n)
     if target is None:
-        lse, f = _launch_rows(z, mu, alpha, mode=1)
-        tgt = lse  # unused pointer
+        lse = _launch_rows(z, mu, alpha, write_q=False)[0]
+        num_rb = triton.cdiv(n, cfg.block_n)
+        kt = triton.cdiv(k, cfg.block_k)
+        s, per = _slices(num_rb, kt, k, dev)
+        f_part = _new_output((s, k), torch.float32, dev)
+        _dec_cols_kernel[(kt, s, 1)](
+            z, mu, lse, lse, lse, lse, f_part, n, k, d, coef, inv_alpha, 0.0,
+            per * cfg.block_n, CENTRE_GRAD=False, HAS_TARGET=False,
+            BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, BLOCK_D=cfg.block_d, BLOCK_G=16,
+            PREC=cfg.prec, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        )
+        f = f_part.sum(0)
+        tgt = f  # unused pointer
     else:
         tgt = target.contiguous()
-        lse = f = torch.empty(1, dtype=torch.float32, device=z.device)  # unused pointers
-    if need_dz:
-        dz = _new_output((n, d), z.dtype, z.device) if single_d else torch.zeros(
-            n, d, dtype=torch.float32, device=z.device)
-    else:
-        dz = torch.empty(1, dtype=z.dtype, device=z.device)
-    dmu = torch.zeros(k if need_dmu else 1, d, dtype=torch.float32, device=z.device)
-    loss_part = _new_output((nprog,), torch.float32, z.device)
-    _dec_loss_kernel[(nprog,)](
-        z, mu, tgt, lse, f, dz, dmu, loss_part,
-        n, k, d, -(alpha + 1.0) / 2.0, 1.0 / alpha, (alpha + 1.0) / (2.0 * alpha * n), nprog,
-        HAS_TARGET=target is not None, NEED_DZ=need_dz, NEED_DMU=need_dmu,
-        SINGLE_D=single_d, ONE_TILE=single_d and k <= block_k,
-        BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_D=block_d, PREC=_DOT_PRECISION,
+        lse = _new_output((n,), torch.float32, dev)
+        f = lse  # unused pointer
+    rstat = _new_output((n,), torch.float32, dev)
+    block_g = cfg.block_g if target is None else cfg.block_g_cached
+    grad_tiles = dict(BLOCK_N=cfg.grad_block_n, BLOCK_K=cfg.grad_block_k,
+                      BLOCK_D=cfg.grad_block_d, BLOCK_G=block_g, PREC=cfg.prec,
+                      num_warps=cfg.grad_warps, num_stages=cfg.num_stages)
+    dg = triton.cdiv(d, block_g) if need_dz else 1
+    dz = _new_output((n, d), z.dtype, dev) if need_dz else z.new_empty(0, d)
+    num_rb = triton.cdiv(n, cfg.grad_block_n)
+    nprog = max(1, num_programs(num_rb * dg, dev) // dg)
+    loss_part = _new_output((dg, nprog), torch.float32, dev)
+    _dec_loss_kernel[(nprog, dg)](
+        z, mu, tgt, lse, f, rstat, dz, loss_part,
+        n, k, d, coef, inv_alpha, grad_scale, nprog,
+        HAS_TARGET=target is not None, NEED_DZ=need_dz, **grad_tiles,
     )
-    loss = (loss_part.sum() / n).to(z.dtype)
-    dz = dz.to(z.dtype) if need_dz else z.new_empty(0, d)
-    dmu = dmu.to(mu.dtype) if need_dmu else mu.new_empty(0, d)
+    loss = (loss_part[0].sum() / n).to(z.dtype)
+    if need_dmu:
+        kt = triton.cdiv(k, cfg.grad_block_k)
+        dg = triton.cdiv(d, block_g)
+        s, per = _slices(num_rb, kt * dg, k * d, dev)
+        dmu_part = _new_output((s, k, d), torch.float32, dev)
+        _dec_cols_kernel[(kt, s, dg)](
+            z, mu, tgt, lse, f, rstat, dmu_part, n, k, d, coef, inv_alpha, grad_scale,
+            per * cfg.grad_block_n, CENTRE_GRAD=True, HAS_TARGET=target is not None,
+            **grad_tiles,
+        )
+        dmu = dmu_part.sum(0).to(mu.dtype)
+    else:
+        dmu = mu.new_empty(0, d)
     return loss, dz, dmu
 
 
@@ -413,15 +492,13 @@ def _hard_assign_triton(z: Tensor, mu: Tensor) -> Tensor:
     mu = mu.contiguous()
     n, d = z.shape
     k = mu.shape[0]
-    block_n, block_k, block_d, _ = _blocks(k, d)
-    if block_d > 64:  # no gradient accumulators here: smaller feature tiles loop instead
-        block_d = 64
-    num_rb = triton.cdiv(n, block_n)
-    nprog = _num_programs(num_rb, z.device)
+    cfg = _config(k, d, z.dtype, kernel_target(z.device))
+    nprog = num_programs(triton.cdiv(n, cfg.block_n), z.device)
     out = torch.full((n,), -1, dtype=torch.int64, device=z.device)
     _hard_assign_kernel[(nprog,)](
         z, mu, out, n, k, d, nprog,
-        BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_D=block_d, PREC=_DOT_PRECISION,
+        BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, BLOCK_D=cfg.block_d, PREC=cfg.prec,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out
 
@@ -429,12 +506,16 @@ def _hard_assign_triton(z: Tensor, mu: Tensor) -> Tensor:
 def _target_distribution_triton(q: Tensor) -> Tensor:
     q = q.contiguous()
     n, k = q.shape
-    block_n, block_k = 32, max(16, min(128, next_pow2(k)))
-    grid = (triton.cdiv(n, block_n),)
-    f = torch.zeros(k, dtype=torch.float32, device=q.device)
-    _colsum_kernel[grid](q, f, n, k, BLOCK_N=block_n, BLOCK_K=block_k)
+    cfg = _config(k, 1, q.dtype, kernel_target(q.device))
+    bn, bk = cfg.q_block_n, cfg.q_block_k
+    num_rb, kt = triton.cdiv(n, bn), triton.cdiv(k, bk)
+    s, per = _slices(num_rb, kt, k, q.device)
+    f_part = _new_output((s, k), torch.float32, q.device)
+    _colsum_kernel[(kt, s)](q, f_part, n, k, per * bn, BLOCK_N=bn, BLOCK_K=bk,
+                            num_warps=4, num_stages=1)
+    f = f_part.sum(0)
     p = _new_output((n, k), q.dtype, q.device)
-    _target_kernel[grid](q, f, p, n, k, BLOCK_N=block_n, BLOCK_K=block_k)
+    _target_kernel[(num_rb,)](q, f, p, n, k, BLOCK_N=bn, BLOCK_K=bk, num_warps=4, num_stages=1)
     return p
 
 
@@ -596,7 +677,8 @@ class _SoftAssignTriton(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, z, centers, alpha):
-        q = _launch_rows(z.contiguous(), centers.contiguous(), alpha, mode=2, out_dtype=z.dtype)[1]
+        q = _launch_rows(z.contiguous(), centers.contiguous(), alpha, write_q=True,
+                         out_dtype=z.dtype)[1]
         ctx.save_for_backward(z, centers, q)
         ctx.alpha = alpha
         return q
@@ -705,9 +787,10 @@ def dec_loss(
     ``P`` is a constant. Its gradient, formed in the forward pass, is
     :math:`\partial L/\partial d_{ij} = \frac{\alpha+1}{2\alpha N}\,
     \frac{p_{ij} - r_i q_{ij}}{1 + d_{ij}/\alpha}` with :math:`r_i = \sum_j p_{ij}` and
-    :math:`d_{ij} = \|z_i-\mu_j\|^2`. With ``target=None`` the Triton path runs two passes
-    (column sums ``f``, then loss and gradients); with a cached target it runs one. Neither
-    writes ``Q`` or ``P`` to memory.
+    :math:`d_{ij} = \|z_i-\mu_j\|^2`. With ``target=None`` the Triton path first finds the
+    row logsumexp and the column sums ``f``; then one pass over the rows gives the loss and the
+    gradient of ``z``, and one over the centres the gradient of ``centers``. Neither writes
+    ``Q`` or ``P`` to memory, and the result is bitwise reproducible (no atomics).
 
     Args:
         z: embeddings ``(N, d)``, float32/float16/bfloat16 (float64 on the torch path).

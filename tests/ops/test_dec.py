@@ -1,4 +1,6 @@
 """Fused DEC ops vs the eager reference, with tolerances earned against float64."""
+import inspect
+
 import pytest
 import torch
 
@@ -11,6 +13,7 @@ IMPLS = ["torch", "triton"]
 SMALL = (37, 5, 19)  # one K tile, one feature tile
 MEDIUM = (129, 70, 130)  # several K tiles, several row blocks per program
 LARGE_D = (70, 130, 300)  # K and d both above one tile: feature tiles loop
+SLICES = (300, 19, 5)  # several row blocks: the column-major kernels split the rows in slices
 
 
 @pytest.fixture(autouse=True)
@@ -286,3 +289,70 @@ def test_bad_inputs(device):
         dec_loss(z, mu, impl="cuda")
     with pytest.raises(TypeError, match="float64"):
         dec_loss(z.double(), mu.double(), impl="triton")
+
+
+# (N, K, d) of this file and of the compile gate's test workloads, and the benchmark's (K, d)
+CONFIG_SHAPES = [SMALL, MEDIUM, LARGE_D, (21, 4, 17), (37, 3, 10), (129, 7, 33), (70, 20, 300),
+                 (200, 130, 64)] + [(1 << 14, k, d) for d in (10, 64, 256) for k in (10, 64, 1000)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_config_same_for_interpreter_and_gpu(dtype):
+    """The interpreter runs the tiles the GPU runs (no interpreter work-around is needed)."""
+    for _, k, d in CONFIG_SHAPES:
+        cfg = ops_dec._config(k, d, dtype, "interpreter")
+        assert cfg == ops_dec._config(k, d, dtype, "cuda")
+        for b in (cfg.block_n, cfg.block_k, cfg.block_d, cfg.grad_block_n, cfg.grad_block_k,
+                  cfg.grad_block_d, cfg.block_g, cfg.block_g_cached, cfg.q_block_n,
+                  cfg.q_block_k):
+            assert b >= 16 and b & (b - 1) == 0, cfg  # power-of-two tiles, tl.dot-sized
+        assert cfg.prec in ("tf32x3", "ieee")  # fp32 dots stay accurate
+
+
+def test_partial_buffers_are_bounded(monkeypatch):
+    """Centre gradients and column sums go through at most max(K d, _PARTIAL_ELEMS) elements
+    of per-slice partials, at the benchmark's sizes on a 132-SM GPU."""
+    monkeypatch.setattr(ops_dec, "num_programs", lambda nb, dev, per_sm=8: max(1, min(nb, 1056)))
+    for _, k, d in CONFIG_SHAPES:
+        for n in (37, 1 << 14, 1 << 20):
+            cfg = ops_dec._config(k, d, torch.float32, "cuda")
+            num_rb = -(-n // cfg.grad_block_n)
+            other = -(-k // cfg.grad_block_k) * -(-d // cfg.block_g_cached)
+            s, per = ops_dec._slices(num_rb, other, k * d, torch.device("cpu"))
+            assert 1 <= s <= num_rb and (s - 1) * per < num_rb <= s * per
+            assert s * k * d <= max(k * d, ops_dec._PARTIAL_ELEMS)
+
+
+def test_kernels_use_no_atomics():
+    """Every cross-program reduction goes through partial buffers summed in a fixed order."""
+    assert "atomic_" not in inspect.getsource(ops_dec)  # tl.atomic_add, tl.atomic_cas, ...
+
+
+@pytest.mark.parametrize("shape", [SLICES, LARGE_D], ids=["slices", "large_d"])
+def test_same_inputs_give_bitwise_same_results(shape, device):
+    z, mu = _inputs(shape, torch.float32, device)
+    tgt = _cached_target(shape[0], shape[1], torch.float32, device)
+
+    def run():
+        out = []
+        for t in (None, tgt):
+            out += _loss_and_grads(dec_loss, z, mu, alpha=1.0, target=t, impl="triton")
+        q = soft_assign(z, mu, impl="triton")
+        return out + [q, target_distribution(q, impl="triton"), hard_assign(z, mu, impl="triton")]
+
+    for a, b in zip(run(), run()):
+        assert torch.equal(a, b)
+
+
+def test_one_row_slice_matches_many(monkeypatch, device):
+    """The partial sums over row slices agree with a single slice (the memory cap at its
+    tightest)."""
+    n, k, d = SLICES
+    cfg = ops_dec._config(k, d, torch.float32, "cuda")
+    assert ops_dec._slices(-(-n // cfg.grad_block_n), 1, k * d, torch.device(device))[0] > 1
+    z, mu = _inputs(SLICES, torch.float32, device)
+    many = _loss_and_grads(dec_loss, z, mu, impl="triton")
+    monkeypatch.setattr(ops_dec, "_PARTIAL_ELEMS", 1)
+    one = _loss_and_grads(dec_loss, z, mu, impl="triton")
+    for a, b in zip(many, one):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
