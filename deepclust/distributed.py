@@ -153,6 +153,21 @@ def convert_batchnorm(module: nn.Module, group=None) -> nn.Module:
     return out
 
 
+def data_parallel(model: nn.Module, batch: int, method: str):
+    """The data-parallel set-up the image models share: ``(model, shard)``.
+
+    With one process: the model as it is and ``slice(None)``. With W processes the batch must
+    split evenly; batch norm becomes :class:`GroupBatchNorm` and ``shard`` is this rank's
+    contiguous slice of every global batch (every rank draws the whole batch)."""
+    world = world_size()
+    if world == 1:
+        return model, slice(None)
+    if batch % world:
+        raise ValueError(f"{method}'s batch of {batch} rows does not split evenly over {world} "
+                         "processes")
+    return convert_batchnorm(model), shard(batch)
+
+
 # ----------------------------------------------------------------------------- launching
 def env_world_size() -> int:
     """WORLD_SIZE from the environment (torchrun sets it), 1 when absent."""

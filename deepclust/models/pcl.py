@@ -242,11 +242,7 @@ def cli_fit(data, config: FitConfig = FitConfig()) -> dict:
     model = PCL(enc, dim=64, r=1024, m=0.99, T=0.2, impl=config.impl,
                 generator=torch.Generator(device=dev).manual_seed(config.seed)).to(dev)
     world = distributed.world_size()
-    if world > 1:
-        if bs % world:
-            raise ValueError(f"PCL's batch of {bs} rows does not split evenly over {world} processes")
-        model = distributed.convert_batchnorm(model)
-        sl = distributed.shard(bs)
+    model, sl = distributed.data_parallel(model, bs, "PCL")
     opt = torch.optim.Adam(model.encoder_q.parameters(), lr=1e-3)
     num_clusters = [c for c in (k, 2 * k) if c <= n]
     clusters, last, e0 = None, {}, 0

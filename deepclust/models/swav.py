@@ -264,11 +264,7 @@ def cli_fit(data, config: FitConfig = FitConfig()) -> dict:
     model = SwAV(_MLPBackbone((C, H, W), 256), 256, n_prototypes=10 * k, proj_hidden=256, proj_dim=64,
                  tau=0.1, eps=0.05, freeze_prototypes_niters=20, impl=config.impl).to(device)
     world = distributed.world_size()
-    if world > 1:
-        if batch % world:
-            raise ValueError(f"SwAV's batch of {batch} rows does not split evenly over {world} processes")
-        model = distributed.convert_batchnorm(model)
-        sl = distributed.shard(batch)
+    model, sl = distributed.data_parallel(model, batch, "SwAV")
     opt = torch.optim.Adam(model.parameters(), lr=2e-3, weight_decay=1e-5)
     steps = epochs * (N // batch)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, steps))

@@ -150,11 +150,7 @@ def cli_fit(data, config: FitConfig = FitConfig()) -> dict:
     model = TCL(_SmallCNN(c, h, w), 128, k, impl=config.impl).to(dev)
     batch = min(256, n // 2 * 2)
     world = distributed.world_size()
-    if world > 1:
-        if batch % world:
-            raise ValueError(f"TCL's batch of {batch} rows does not split evenly over {world} processes")
-        model = distributed.convert_batchnorm(model)
-        sl = distributed.shard(batch)
+    model, sl = distributed.data_parallel(model, batch, "TCL")
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-5)
     epochs = config.epochs if config.epochs is not None else _DEFAULT_EPOCHS.get(
         data.name, max(5, 100000 // n))
