@@ -25,7 +25,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
 
-# On the lent GPU machine: install nothing but the project, run the suite compiled on CUDA.
+# On a GPU machine: install nothing but the project, run the suite compiled on CUDA.
 test-gpu:
 	$(GPU_PYTHON) -m pip install -q -e . --no-deps --no-build-isolation
 	env -u TRITON_INTERPRET $(GPU_PYTHON) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
@@ -47,7 +47,7 @@ bench: $(BENCH_STAMP)
 bench-gpu:
 	$(GPU_PYTHON) -m bench.run_all
 
-# The one command a session with a lent GPU runs first (install, tests compiled on CUDA, headline
+# The one command to run first on a new GPU machine (install, tests compiled on CUDA, headline
 # benchmarks fp32/bf16; under 6 minutes): log.txt, summary.md, summary.json, junit.xml and
 # bench.csv in OUT. `gpu-check-dry` runs the same script's plumbing on the CPU (interpreter).
 .PHONY: gpu-check gpu-check-dry

@@ -1,4 +1,4 @@
-"""The one command a session with a lent GPU runs first: ``make gpu-check OUT=DIR``, i.e.
+"""The one command to run first on a new GPU machine: ``make gpu-check OUT=DIR``, i.e.
 
     python3 -m bench.gpu_check --out DIR
 
@@ -16,7 +16,7 @@ stopping the next:
    through ``bench.run_all`` in one process (one start-up), the time left shared out among the
    scripts (``--max-seconds``; at least one row each, ``--min-cases 1``); should that process
    die or hang, a fresh one goes on with the scripts it had not begun. All rows land in
-   ``OUT/bench.csv`` (one long-format file: the device returns at most 8 files).
+   ``OUT/bench.csv`` (one long-format file, so that OUT stays a handful of files).
 
 Everything lands in OUT: ``log.txt`` (every step's output), ``summary.md``, ``summary.json``,
 ``junit.xml`` and ``bench.csv``. The exit status is 0 only when every step passed; the summary
