@@ -97,7 +97,7 @@ def _record_launch(store, fn, args, kwargs, origin):
             constexprs[p.name] = const
         if div:
             divisible.append(i)
-    opts = {k: options[k] for k in ("num_warps", "num_stages") if k in options}
+    opts = {k: options[k] for k in ("num_warps", "num_stages", "enable_fp_fusion") if k in options}
     opts.setdefault("num_warps", 4)
     opts.setdefault("num_stages", 3)
     entry = {
@@ -278,7 +278,9 @@ def _config_text(cfg) -> str:
     ptr_types = sorted({v for v in cfg["signature"].values() if v.startswith("*")})
     cx = ",".join(f"{k}={v}" for k, v in cfg["constexprs"].items() if v is not None)
     o = cfg["options"]
-    return f"{cx};warps={o['num_warps']};stages={o['num_stages']};ptrs={'/'.join(ptr_types)}"
+    fusion = ";fp_fusion=off" if o.get("enable_fp_fusion") is False else ""
+    return (f"{cx};warps={o['num_warps']};stages={o['num_stages']}{fusion};"
+            f"ptrs={'/'.join(ptr_types)}")
 
 
 def _occupancy(regs: int, warps: int, shared: int, arch: int) -> int:

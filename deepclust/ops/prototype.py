@@ -199,8 +199,12 @@ class _Config(NamedTuple):
 def _config(K: int, d: int, dtype: torch.dtype, soft: bool, target: str) -> _Config:
     """The one tile choice, used by the launchers, the tests and the compile gate.
 
-    fp32 dots run as "tf32x3" (three tensor-core passes, about fp32 accuracy; not plain tf32),
-    which needs many registers for its split operands: a 16-wide d step keeps them unspilled.
+    fp32 dots run as "ieee" (fp32 FMA on the CUDA cores), as eager fp32 matmul does. The
+    kernels launch with ``enable_fp_fusion=False``: with fusion the backward's ``s * invt - lse``
+    became one FMA, so its ``s`` was not the forward's rounded logit, and on an H200 ``dx`` was
+    1e-3 off at logits of ~3e4 (one ulp of ``s`` there is 1e-3 of a probability), 35x over the
+    float64 bound that eager fp32 meets, with tf32x3 and with ieee dots alike. A 16-wide d step
+    and single-stage loops keep the fp32 tiles in registers.
     fp16/bf16 tiles use native dots with fp32 accumulation and a 32-wide d step. The backward
     kernels hold a second accumulator (64 output columns, ``block_do``) and the gradient tile:
     32 prototypes per tile and 8 warps on full tiles (4 on 16-wide ones) keep them in
@@ -224,8 +228,8 @@ def _config(K: int, d: int, dtype: torch.dtype, soft: bool, target: str) -> _Con
     return _Config(block_n=64, block_k=block_k, block_d=min(32 if wide else 16, d_pad),
                    block_do=block_do, warps_fwd=8 if block_k == 32 else 4,
                    warps_bwd=8 if full and not (soft and wide) else 4,
-                   stages_fwd=2, stages_bwd=2 if full and not (soft and not wide) else 1,
-                   precision="tf32x3", upcast=(dtype == torch.bfloat16 and target == "interpreter"))
+                   stages_fwd=2 if wide else 1, stages_bwd=2 if full and wide else 1,
+                   precision="ieee", upcast=(dtype == torch.bfloat16 and target == "interpreter"))
 
 
 def _new_output(shape, dtype, device):
@@ -249,7 +253,7 @@ def _fwd_triton(x: Tensor, p: Tensor, target: Tensor, inv_temp: Tensor) -> Tuple
         x, p, target, inv_temp, rows, lse, N, K, D, x.stride(0), x.stride(1), p.stride(0),
         p.stride(1), stn, stk, SOFT=target.is_floating_point(), BLOCK_N=cfg.block_n,
         BLOCK_K=cfg.block_k, BLOCK_D=cfg.block_d, PREC=cfg.precision, UPCAST=cfg.upcast,
-        num_warps=cfg.warps_fwd, num_stages=cfg.stages_fwd)
+        num_warps=cfg.warps_fwd, num_stages=cfg.stages_fwd, enable_fp_fusion=False)
     return rows, lse
 
 
@@ -275,7 +279,7 @@ def _bwd_triton(grad_rows, x, p, target, inv_temp, lse, need_dx, need_dp):
     stn, stk = _target_strides(target)
     common = dict(SOFT=soft, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, BLOCK_D=cfg.block_d,
                   BLOCK_DO=cfg.block_do, PREC=cfg.precision, UPCAST=cfg.upcast,
-                  num_warps=cfg.warps_bwd, num_stages=cfg.stages_bwd)
+                  num_warps=cfg.warps_bwd, num_stages=cfg.stages_bwd, enable_fp_fusion=False)
     dx = x.new_empty(0)
     dp = p.new_empty(0)
     if need_dx:

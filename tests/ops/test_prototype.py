@@ -234,7 +234,8 @@ def test_interpreter_runs_the_gpu_config(dtype, soft):
         assert gpu.upcast is False and cpu.upcast is (dtype == torch.bfloat16)
         for b in (gpu.block_n, gpu.block_k, gpu.block_d, gpu.block_do):
             assert b >= 16 and b & (b - 1) == 0
-        assert gpu.precision in ("ieee", "tf32x3")  # fp32 dots stay accurate
+        # fp32 dots stay fp32: tf32x3 missed the large-logit bound 35x on an H200
+        assert gpu.precision == "ieee"
 
 
 def test_kernels_are_atomic_free():
