@@ -64,11 +64,14 @@ def run_distributed(fn, *args, world_size: int = 2, interpret: bool = False):
     list of their results (each saved with ``torch.save``). ``fn`` must be a module-level
     function of an importable module (a test module is).
 
-    gloo reduces CPU tensors, so a test of the Triton path over several processes runs the
-    kernels in the interpreter in its workers, also on a CUDA machine: ``interpret=True`` sets
-    ``TRITON_INTERPRET=1`` for the spawned processes (they import triton afresh)."""
+    ``interpret=True`` is for tests of the Triton path over several processes: on a machine
+    without CUDA it sets ``TRITON_INTERPRET=1`` for the spawned processes (they import triton
+    afresh); with CUDA the workers compile the kernels and share the GPU, and gloo moves CUDA
+    tensors through host memory. Either way ``DEVICE`` in a worker is the device to put its
+    inputs on. (Running the interpreter on a CUDA machine is not an option: Triton 3.6's
+    interpreter fails with NumPy 2.4 on loops over scalar arguments.)"""
     old = os.environ.get("TRITON_INTERPRET")
-    if interpret:
+    if interpret and not torch.cuda.is_available():
         os.environ["TRITON_INTERPRET"] = "1"
     try:
         return _run_distributed(fn, args, world_size)

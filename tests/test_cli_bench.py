@@ -5,6 +5,7 @@ import json
 import sys
 
 import pytest
+import torch
 
 import deepclust.cli as cli
 from deepclust.cli import main
@@ -69,7 +70,8 @@ def test_rows_append_and_without_matplotlib_the_rest_still_works(tmp_path, monke
         assert rc == 0
         assert "matplotlib is not installed" in err
     assert [n for n, _ in calls] == ["sinkhorn", "kmeans", "sinkhorn", "kmeans"]
-    assert "--quick" in calls[0][1] and calls[0][1][calls[0][1].index("--device") + 1] == "cpu"
+    default = "cuda" if torch.cuda.is_available() else "cpu"  # bench's --device default
+    assert "--quick" in calls[0][1] and calls[0][1][calls[0][1].index("--device") + 1] == default
     assert len(_rows(tmp_path / "sinkhorn.csv")) == 2  # appended, not overwritten
     assert not list(tmp_path.glob("*.png"))
     md = (tmp_path / "bench.md").read_text()

@@ -109,9 +109,28 @@ def _draw_seed(generator: Optional[torch.Generator]) -> int:
 
 
 def _check_range(edge_index: torch.Tensor, name: str, num_nodes: int) -> None:
-    # CPU kernels check indices themselves; on CUDA this saves a device-side assert.
-    if edge_index.is_cuda and edge_index.numel() and not _is_tracing():
+    # The kernels check too, but an error raised here is a Python ValueError on every build
+    # (an extension built on the GPU machine crashed while unwinding its own C++ throw) and on
+    # CUDA it saves a device-side assert.
+    if edge_index.numel() and not _is_tracing():
         _ref._check_edge_index(edge_index, name, num_nodes)
+
+
+def _check_has_non_edge(edge_index: torch.Tensor, num_nodes: int) -> None:
+    """ValueError when every ordered pair u != v is an edge: checked here, before the kernel,
+    for the reason given in ``_check_range``. Costs a sort only when E >= N(N-1)."""
+    if _is_tracing():
+        return
+    n = num_nodes
+    if n >= 2 and edge_index.shape[1] < n * (n - 1):
+        return
+    if n >= 2:
+        u, v = edge_index[0], edge_index[1]
+        keep = u != v
+        if torch.unique(u[keep] * n + v[keep]).numel() < n * (n - 1):
+            return
+    raise ValueError(f"no negative pair exists: every ordered pair (u, v), u != v, of the {n} nodes "
+                     "is an edge (complete graph)")
 
 
 # ----------------------------------------------------------------------------- public ops
@@ -153,6 +172,8 @@ def negative_sampling(
     if not _use_extension(impl, "negative_sampling", edge_index.device):
         return _ref.negative_sampling(edge_index, num_nodes, num_neg_samples, generator=generator)
     edge_index, n, s = _ref._sampler_args(edge_index, num_nodes, num_neg_samples)
+    if s > 0:
+        _check_has_non_edge(edge_index, n)
     return torch.ops.deepclust.negative_sampling(edge_index, n, s, _draw_seed(generator))
 
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import deepclust.ops.contrastive as C
 from deepclust import reference as R
-from tests.helpers import DTYPE_IDS, DTYPES, assert_close_to_truth, run_distributed
+from tests.helpers import DEVICE, DTYPE_IDS, DTYPES, assert_close_to_truth, run_distributed
 from tests.reference.test_contrastive import (
     local_part,
     random_assignments,
@@ -240,10 +240,10 @@ def _dist_worker(rank, world, xs, tau):
     out = []
     for (which, m, impl), x in zip(CASES, xs):
         fn = C.instance_contrastive_loss if which == "instance" else C.cluster_contrastive_loss
-        xl = local_part(x, m, rank, world).clone().requires_grad_(True)
+        xl = local_part(x, m, rank, world).to(DEVICE).requires_grad_(True)
         loss = fn(xl, m, tau, impl=impl)
         loss.backward()
-        out.append((loss.detach(), xl.grad))
+        out.append((loss.detach().cpu(), xl.grad.cpu()))
     return out
 
 
@@ -256,7 +256,7 @@ def test_two_processes_equal_one(device):
             xs.append(F.normalize(torch.randn(m * world * b, 19), dim=1))
         else:
             xs.append(random_assignments(m * world * b, 5, dtype=torch.float32))
-    # gloo reduces CPU tensors: the workers run the Triton cases in the interpreter
+    # the workers run the Triton cases on CUDA when present, else in the interpreter
     results = run_distributed(_dist_worker, xs, tau, world_size=world, interpret=True)
     for i, ((which, m, impl), x) in enumerate(zip(CASES, xs)):
         fn = C.instance_contrastive_loss if which == "instance" else C.cluster_contrastive_loss

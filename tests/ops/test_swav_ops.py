@@ -8,7 +8,7 @@ import torch.nn.functional as F
 import deepclust.ops.swav as ops_sk
 import deepclust.reference.swav as ref_sk
 from deepclust.ops.swav import sinkhorn, sinkhorn_from_embeddings, swav_loss
-from tests.helpers import DTYPE_IDS, DTYPES, assert_close_to_truth, run_distributed
+from tests.helpers import DEVICE, DTYPE_IDS, DTYPES, assert_close_to_truth, run_distributed
 
 IMPLS = ["torch", "triton"]
 
@@ -266,13 +266,14 @@ def _dist_worker(rank, world, scores, z, p, crops):
     sl = slice(rank * B, (rank + 1) * B)
     out = {"reference": ref_sk.sinkhorn(scores[sl], eps=0.03),
            "reference_loss": ref_sk.swav_loss([c[sl] for c in crops], (0, 1))}
+    scores, z, p = scores.to(DEVICE), z.to(DEVICE), p.to(DEVICE)
     for impl in IMPLS:
-        out[impl] = sinkhorn(scores[sl], eps=0.03, impl=impl)
-        out[impl + "_emb"] = sinkhorn_from_embeddings(z[sl], p, eps=0.03, impl=impl)
-        part = [c[sl].clone().requires_grad_() for c in crops]
+        out[impl] = sinkhorn(scores[sl], eps=0.03, impl=impl).cpu()
+        out[impl + "_emb"] = sinkhorn_from_embeddings(z[sl], p, eps=0.03, impl=impl).cpu()
+        part = [c[sl].to(DEVICE).requires_grad_() for c in crops]
         loss = swav_loss(part, (0, 1), impl=impl)
-        out[impl + "_loss"] = loss.detach()
-        out[impl + "_grad"] = torch.autograd.grad(loss, part)
+        out[impl + "_loss"] = loss.detach().cpu()
+        out[impl + "_grad"] = [g.cpu() for g in torch.autograd.grad(loss, part)]
     return out
 
 
@@ -281,7 +282,7 @@ def test_distributed_two_processes_equal_one_on_concatenated_batch():
     z, p = unit(38, 11), unit(13, 11)
     scores = z @ p.t()
     crops = [unit(38, 11) @ p.t() for _ in range(3)]
-    # triton-cpu-on-purpose: gloo reduces CPU tensors, so the workers interpret the kernels
+    # the workers run the kernels on CUDA when present, else in the interpreter
     res = run_distributed(_dist_worker, scores, z, p, crops, interpret=True)
     single = ref_sk.sinkhorn(scores, eps=0.03)
     single_emb = ref_sk.sinkhorn_from_embeddings(z, p, eps=0.03)
