@@ -26,7 +26,8 @@ def test_readme_numbers_are_in_the_files():
     text = (REPO / "README.md").read_text()
     body = rep._split(text, "bench")[1]
     medians = []
-    for p in rep.benchmark_csvs(REPO / "bench" / "results"):
+    root = REPO / "bench" / "results"
+    for p in rep.benchmark_csvs(root) + rep.benchmark_csvs(root / "gpu"):
         with open(p, newline="") as f:
             medians += [float(r["median_ms"]) for r in csv.DictReader(f) if r["median_ms"]]
     import re
