@@ -358,7 +358,7 @@ def main(name: str, cases: Callable[[argparse.Namespace], Iterable[Case]], argv=
                   f"{left[0].dtype} {left[0].provider}", file=sys.stderr, flush=True)
             break
         if case.provider.endswith("triton") and not cuda:
-            from deepclust._utils import triton_interpret
+            from deepclust.ops._plumbing import triton_interpret
 
             if not triton_interpret():
                 print(f"skip {case.op}/{case.provider}: Triton needs CUDA", file=sys.stderr)

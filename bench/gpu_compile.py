@@ -9,7 +9,7 @@ How the configurations are found: the launchers are run on CPU tensors at the si
 benchmarks (each script's CUDA size list, provider ``deepclust-triton``) and of the tests
 (:data:`TEST_WORKLOADS`: odd shapes, every dtype, forward and backward), with the launch itself
 intercepted. Each launch gives the kernel, its argument types and the constexprs, warps and
-stages that the launcher chose for a CUDA target (:func:`deepclust._utils.pretend_cuda`); distinct
+stages that the launcher chose for a CUDA target (:func:`deepclust.ops._plumbing.pretend_cuda`); distinct
 ones are compiled once per (arch, Triton version) with ``triton.compile(ASTSource(...),
 target=GPUTarget("cuda", arch, 32))``, in parallel, through Triton's on-disk cache (a second run
 takes seconds). ``cuobjdump -res-usage`` on the cubin gives registers and stack; the metadata
@@ -137,7 +137,7 @@ class _Recorder:
     def __enter__(self):
         from triton.runtime.jit import JITFunction
 
-        from deepclust import _utils
+        from deepclust.ops import _plumbing
 
         self._jit, self._orig_run = JITFunction, JITFunction.run
         rec = self
@@ -154,7 +154,7 @@ class _Recorder:
         self._rand = {n: getattr(torch, n) for n in ("randn", "rand")}
         for n in self._rand:
             setattr(torch, n, _constant_fill(0.25))
-        self._pretend = _utils.pretend_cuda()
+        self._pretend = _plumbing.pretend_cuda()
         self._pretend.__enter__()
         return self
 

@@ -378,7 +378,7 @@ def default_dtypes(device) -> List[torch.dtype]:
 
 def triton_available(device) -> Tuple[bool, str]:
     """Whether the Triton paths can run on ``device``, and a line saying why not."""
-    from ._utils import HAS_TRITON, triton_interpret
+    from .ops._plumbing import HAS_TRITON, triton_interpret
 
     dev = torch.device(device)
     if not HAS_TRITON:

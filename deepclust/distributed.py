@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ._utils import all_reduce_sum_with_grad, get_group
+from ._common import all_reduce_sum_with_grad, get_group
 
 __all__ = ["rank", "world_size", "is_distributed", "shard", "all_reduce_gradients",
            "GroupBatchNorm", "convert_batchnorm", "broadcast_module", "ENV_VARS"]

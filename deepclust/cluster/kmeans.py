@@ -12,7 +12,9 @@ from typing import NamedTuple
 
 import torch
 
-from .._utils import check_int, check_positive, check_tensor, resolve_impl
+from .._common import check_int, check_positive, check_tensor
+
+from ..ops._plumbing import resolve_impl
 
 __all__ = ["kmeans", "KMeansResult"]
 

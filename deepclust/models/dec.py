@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import distributed
-from .._utils import all_reduce_sum, check_int, check_positive, check_tensor
+from .._common import all_reduce_sum, check_int, check_positive, check_tensor
 from ..nn.dec_head import DECClusterHead
 
 __all__ = ["DEC", "cli_fit"]

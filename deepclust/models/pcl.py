@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .._utils import all_gather_no_grad, all_reduce_sum, get_group
+from .._common import all_gather_no_grad, all_reduce_sum, get_group
 from ..ops.prototype import prototype_cross_entropy
 from ..reference.pcl import info_nce_loss, pcl_clustering, sample_negative_prototypes
 from .base import FitConfig, LossOutput

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .._utils import check_int, check_positive
+from .._common import check_int, check_positive
 from ..ops.swav import swav_loss
 from ..data.augment import multi_crop
 from .base import FitConfig, LossOutput
@@ -247,7 +247,7 @@ def cli_fit(data, config: FitConfig = FitConfig()) -> dict:
     from sklearn.cluster import KMeans
 
     from .. import distributed
-    from .._utils import all_reduce_sum
+    from .._common import all_reduce_sum
     from ..checkpoint import Checkpointer, cpu_state
 
     if data.image_shape is None:

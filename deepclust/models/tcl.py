@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .._utils import check_int, check_positive
+from .._common import check_int, check_positive
 from ..ops.contrastive import cluster_contrastive_loss, instance_contrastive_loss
 from ..data.augment import strong_augment, weak_augment
 from .base import FitConfig, LossOutput

@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from .._utils import check_int, check_positive, check_tensor
+from .._common import check_int, check_positive, check_tensor
 
 __all__ = ["DECClusterHead"]
 

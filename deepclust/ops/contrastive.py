@@ -13,16 +13,10 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .._utils import (
-    all_gather_no_grad,
-    all_reduce_sum,
-    check_positive,
-    get_group,
-    kernel_target,
-    next_pow2,
-    resolve_impl,
-)
-from ..reference.contrastive import _check_views, _gather_views
+from .._common import all_gather_no_grad, all_reduce_sum, check_positive, get_group
+
+from ._plumbing import kernel_target, next_pow2, resolve_impl
+from .._common import check_views, gather_views
 
 try:
     import triton
@@ -459,7 +453,7 @@ def instance_contrastive_loss(
         TypeError/ValueError: ``z`` not a 2-D float tensor, its row count not divisible by
             ``n_views``, ``n_views < 2``, ``tau <= 0``, fp64 with ``impl="triton"``.
     """
-    m = _check_views(z, "z", n_views)
+    m = check_views(z, "z", n_views)
     tau = check_positive(tau, "tau")
     path = _resolve(impl, z, "z")
     return _contrastive_term(z, m, 1.0 / tau, path, get_group(group)).to(z.dtype)
@@ -495,10 +489,10 @@ def cluster_contrastive_loss(
     Returns:
         A scalar of ``c``'s dtype.
     """
-    m = _check_views(c, "c", n_views)
+    m = check_views(c, "c", n_views)
     tau = check_positive(tau, "tau")
     path = _resolve(impl, c, "c")
-    cf = _gather_views(c.to(_compute_dtype(c)), m, get_group(group))
+    cf = gather_views(c.to(_compute_dtype(c)), m, get_group(group))
     k = cf.shape[1]
     views = cf.reshape(m, cf.shape[0] // m, k)
     p = views.sum(1)

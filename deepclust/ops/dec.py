@@ -24,16 +24,10 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .._utils import (
-    HAS_TRITON,
-    check_positive,
-    check_tensor,
-    kernel_target,
-    next_pow2,
-    num_programs,
-    resolve_impl,
-)
-from ..reference.dec import _check_dec_loss_args, _check_z_centers
+from .._common import check_positive, check_tensor
+
+from ._plumbing import HAS_TRITON, kernel_target, next_pow2, num_programs, resolve_impl
+from .._common import check_dec_loss_args, check_z_centers
 
 __all__ = ["soft_assign", "target_distribution", "dec_loss", "hard_assign"]
 
@@ -737,7 +731,7 @@ def soft_assign(
     Reference: Xie, Girshick, Farhadi, "Unsupervised Deep Embedding for Clustering Analysis",
     ICML 2016, eq. (1).
     """
-    _check_z_centers(z, centers)
+    check_z_centers(z, centers)
     alpha = check_positive(alpha, "alpha")
     if _resolve(impl, z, centers) == "triton":
         return _SoftAssignTriton.apply(z, centers, alpha)
@@ -805,7 +799,7 @@ def dec_loss(
 
     Reference: Xie et al., ICML 2016, eqs. (1)-(3); PyAGC's ``DECClusterHead``.
     """
-    alpha = _check_dec_loss_args(z, centers, alpha, target)
+    alpha = check_dec_loss_args(z, centers, alpha, target)
     if target is not None:
         target = target.detach()
     path = _resolve(impl, z, centers)
@@ -829,7 +823,7 @@ def hard_assign(z: Tensor, centers: Tensor, *, impl: str = "auto") -> Tensor:
 
     Reference: Xie et al., ICML 2016.
     """
-    _check_z_centers(z, centers)
+    check_z_centers(z, centers)
     with torch.no_grad():
         if _resolve(impl, z, centers) == "triton":
             return _hard_assign_triton(z.detach(), centers.detach())

@@ -7,8 +7,8 @@ from typing import NamedTuple, Tuple, Union
 import torch
 from torch import Tensor
 
-from .._utils import kernel_target, next_pow2, num_programs, resolve_impl
-from ..reference.prototype import _check_args
+from ._plumbing import kernel_target, next_pow2, num_programs, resolve_impl
+from .._common import check_prototype_args
 
 try:
     import triton
@@ -452,7 +452,7 @@ def prototype_cross_entropy(
     Adaptation", CVPR 2023; Caron et al., "Unsupervised Learning of Visual Features by
     Contrasting Cluster Assignments" (SwAV), NeurIPS 2020.
     """
-    _check_args(x, prototypes, target, temperature)
+    check_prototype_args(x, prototypes, target, temperature)
     path = resolve_impl(impl, x, prototypes)
     if path == "triton" and x.dtype == torch.float64:
         if impl == "triton":

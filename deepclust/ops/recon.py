@@ -14,7 +14,13 @@ from typing import Optional
 
 import torch
 
-from .._utils import _is_tracing, check_same_device, check_tensor
+from .._common import (
+    check_edge_index,
+    check_same_device,
+    check_tensor,
+    is_tracing,
+    sampler_args,
+)
 from ..reference import recon as _ref
 
 __all__ = ["negative_sampling", "recon_loss", "HAS_EXTENSION"]
@@ -112,14 +118,14 @@ def _check_range(edge_index: torch.Tensor, name: str, num_nodes: int) -> None:
     # The kernels check too, but an error raised here is a Python ValueError on every build
     # (an extension built on the GPU machine crashed while unwinding its own C++ throw) and on
     # CUDA it saves a device-side assert.
-    if edge_index.numel() and not _is_tracing():
-        _ref._check_edge_index(edge_index, name, num_nodes)
+    if edge_index.numel() and not is_tracing():
+        check_edge_index(edge_index, name, num_nodes)
 
 
 def _check_has_non_edge(edge_index: torch.Tensor, num_nodes: int) -> None:
     """ValueError when every ordered pair u != v is an edge: checked here, before the kernel,
     for the reason given in ``_check_range``. Costs a sort only when E >= N(N-1)."""
-    if _is_tracing():
+    if is_tracing():
         return
     n = num_nodes
     if n >= 2 and edge_index.shape[1] < n * (n - 1):
@@ -171,7 +177,7 @@ def negative_sampling(
     check_tensor(edge_index, "edge_index", ndim=2, dtypes=(torch.int64, torch.int32), nonempty=False)
     if not _use_extension(impl, "negative_sampling", edge_index.device):
         return _ref.negative_sampling(edge_index, num_nodes, num_neg_samples, generator=generator)
-    edge_index, n, s = _ref._sampler_args(edge_index, num_nodes, num_neg_samples)
+    edge_index, n, s = sampler_args(edge_index, num_nodes, num_neg_samples)
     if s > 0:
         _check_has_non_edge(edge_index, n)
     return torch.ops.deepclust.negative_sampling(edge_index, n, s, _draw_seed(generator))
@@ -214,12 +220,12 @@ def recon_loss(
     if not _use_extension(impl, "recon_loss_fwd", z.device):
         return _ref.recon_loss(z, pos_edge_index, neg_edge_index, generator=generator)
     n = z.shape[0]
-    pos = _ref._check_edge_index(pos_edge_index, "pos_edge_index", nonempty=True)
+    pos = check_edge_index(pos_edge_index, "pos_edge_index", nonempty=True)
     _check_range(pos, "pos_edge_index", n)
     if neg_edge_index is None:
         neg = negative_sampling(pos, n, pos.shape[1], generator=generator, impl="cpp")
     else:
-        neg = _ref._check_edge_index(neg_edge_index, "neg_edge_index", nonempty=True)
+        neg = check_edge_index(neg_edge_index, "neg_edge_index", nonempty=True)
         _check_range(neg, "neg_edge_index", n)
     check_same_device(z=z, pos_edge_index=pos, neg_edge_index=neg)
     return torch.ops.deepclust.recon_loss_fwd(z, pos, neg)

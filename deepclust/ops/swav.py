@@ -35,19 +35,10 @@ from typing import NamedTuple, Optional, Sequence, Union
 
 import torch
 
-from .._utils import (
-    HAS_TRITON,
-    all_reduce_max,
-    all_reduce_sum,
-    check_same_device,
-    check_tensor,
-    get_group,
-    kernel_target,
-    next_pow2,
-    resolve_impl,
-    world_size,
-)
-from ..reference.swav import _check_sinkhorn_args, _check_swav_args
+from .._common import all_reduce_max, all_reduce_sum, check_same_device, check_tensor, get_group, world_size
+
+from ._plumbing import HAS_TRITON, kernel_target, next_pow2, resolve_impl
+from .._common import check_sinkhorn_args, check_swav_args
 
 if HAS_TRITON:
     import triton
@@ -576,7 +567,7 @@ def sinkhorn(scores: torch.Tensor, eps: float = 0.05, n_iters: int = 3, group=No
     Assignments", NeurIPS 2020.
     """
     check_tensor(scores, "scores", ndim=2)
-    eps, n_iters = _check_sinkhorn_args(eps, n_iters)
+    eps, n_iters = check_sinkhorn_args(eps, n_iters)
     scores = scores.detach()
     path = _pick(impl, scores, "scores")
     src = _Source(scores=scores)
@@ -608,7 +599,7 @@ def sinkhorn_from_embeddings(z: torch.Tensor, prototypes: torch.Tensor, eps: flo
     check_same_device(z=z, prototypes=prototypes)
     if z.shape[1] != prototypes.shape[1]:
         raise ValueError(f"prototypes must have {z.shape[1]} columns like z, got {tuple(prototypes.shape)}")
-    eps, n_iters = _check_sinkhorn_args(eps, n_iters)
+    eps, n_iters = check_sinkhorn_args(eps, n_iters)
     z = z.detach()
     prototypes = prototypes.detach().to(z.dtype)
     path = _pick(impl, z, "z")
@@ -650,7 +641,7 @@ def swav_loss(crop_scores: Union[Sequence[torch.Tensor], torch.Tensor],
         The scalar loss in the scores' dtype (accumulated in float32), differentiable with
         respect to the crop scores.
     """
-    crops, assign, queues, tau, eps, n_iters = _check_swav_args(
+    crops, assign, queues, tau, eps, n_iters = check_swav_args(
         crop_scores, crops_for_assign, tau, eps, n_iters, queue_scores)
     V = len(crops)
     B, K = crops[0].shape

@@ -12,43 +12,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .._utils import (
-    all_gather_with_grad,
-    check_int,
-    check_positive,
-    check_tensor,
-    get_group,
-)
+from .._common import check_positive, check_views, gather_views
 
 __all__ = ["instance_contrastive_loss", "cluster_contrastive_loss"]
-
-
-def _check_views(x: torch.Tensor, name: str, n_views) -> int:
-    """Validate a ``(m*B) x d`` tensor of stacked views; return ``m``."""
-    check_tensor(x, name, ndim=2)
-    m = check_int(n_views, "n_views", minimum=2)
-    if x.shape[0] % m != 0:
-        raise ValueError(
-            f"{name} must have a row count divisible by n_views={m}, got {x.shape[0]} rows"
-        )
-    return m
-
-
-def _gather_views(x: torch.Tensor, m: int, group) -> torch.Tensor:
-    """Gather every rank's stacked views with gradient, re-ordered to one global batch.
-
-    Rank ``r`` holds ``[view 0; ...; view m-1]`` of its ``B`` samples; the result is
-    ``[view 0 of rank 0; view 0 of rank 1; ...; view 1 of rank 0; ...]``, i.e. the stacked views
-    of the concatenated batch. Without a process group ``x`` is returned as is.
-    """
-    g = get_group(group)
-    if g is None:
-        return x
-    full = all_gather_with_grad(x, group=g)  # [rank 0 views; rank 1 views; ...]
-    world = full.shape[0] // x.shape[0]
-    b = x.shape[0] // m
-    blocks = full.reshape(world, m, b, *x.shape[1:]).transpose(0, 1)
-    return blocks.reshape(world * x.shape[0], *x.shape[1:])
 
 
 def _positive_logprob_loss(logits: torch.Tensor, m: int) -> torch.Tensor:
@@ -109,9 +75,9 @@ def instance_contrastive_loss(
         TypeError/ValueError: ``z`` not a 2-D float tensor, row count not divisible by
             ``n_views``, ``n_views < 2`` or ``tau <= 0``.
     """
-    m = _check_views(z, "z", n_views)
+    m = check_views(z, "z", n_views)
     tau = check_positive(tau, "tau")
-    zf = _gather_views(z.to(_compute_dtype(z)), m, group)
+    zf = gather_views(z.to(_compute_dtype(z)), m, group)
     logits = zf @ zf.t() / tau
     return _positive_logprob_loss(logits, m).to(z.dtype)
 
@@ -150,9 +116,9 @@ def cluster_contrastive_loss(
     Returns:
         A scalar of ``c``'s dtype.
     """
-    m = _check_views(c, "c", n_views)
+    m = check_views(c, "c", n_views)
     tau = check_positive(tau, "tau")
-    cf = _gather_views(c.to(_compute_dtype(c)), m, group)
+    cf = gather_views(c.to(_compute_dtype(c)), m, group)
     k = cf.shape[1]
     b = cf.shape[0] // m
     views = cf.reshape(m, b, k)

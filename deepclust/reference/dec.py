@@ -15,39 +15,13 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .._utils import check_positive, check_same_device, check_tensor
+from .._common import check_dec_loss_args, check_positive, check_tensor, check_z_centers
 
 __all__ = ["soft_assign", "target_distribution", "dec_loss", "hard_assign"]
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _check_z_centers(z, centers):
-    check_tensor(z, "z", ndim=2)
-    check_tensor(centers, "centers", ndim=2)
-    if z.shape[1] != centers.shape[1]:
-        raise ValueError(
-            f"z and centers must have the same feature dimension, got z {tuple(z.shape)} "
-            f"and centers {tuple(centers.shape)}"
-        )
-    check_same_device(z=z, centers=centers)
-
-
-def _check_dec_loss_args(z, centers, alpha, target) -> float:
-    """Checks shared by this reference and the fused op; returns ``alpha`` as a float."""
-    _check_z_centers(z, centers)
-    alpha = check_positive(alpha, "alpha")
-    if target is not None:
-        n, k = z.shape[0], centers.shape[0]
-        check_tensor(target, "target", ndim=2)
-        if tuple(target.shape) != (n, k):
-            raise ValueError(
-                f"target must have shape (N, K) = ({n}, {k}), got {tuple(target.shape)}"
-            )
-        check_same_device(z=z, target=target)
-    return alpha
 
 
 def _sq_dist(z: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
@@ -87,7 +61,7 @@ def soft_assign(z: torch.Tensor, centers: torch.Tensor, alpha: float = 1.0) -> t
     Reference: Xie, Girshick, Farhadi, "Unsupervised Deep Embedding for Clustering Analysis",
     ICML 2016, eq. (1).
     """
-    _check_z_centers(z, centers)
+    check_z_centers(z, centers)
     alpha = check_positive(alpha, "alpha")
     ct = _compute_dtype(z.dtype)
     return _soft_assign(z.to(ct), centers.to(ct), alpha).to(z.dtype)
@@ -142,7 +116,7 @@ def dec_loss(
 
     Reference: Xie et al., ICML 2016, eq. (2).
     """
-    alpha = _check_dec_loss_args(z, centers, alpha, target)
+    alpha = check_dec_loss_args(z, centers, alpha, target)
     ct = _compute_dtype(z.dtype)
     q = _soft_assign(z.to(ct), centers.to(ct), alpha)
     p = _target_distribution(q) if target is None else target.detach().to(ct)
@@ -161,7 +135,7 @@ def hard_assign(z: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
 
     Reference: Xie et al., ICML 2016 (cluster assignment and the convergence criterion).
     """
-    _check_z_centers(z, centers)
+    check_z_centers(z, centers)
     ct = _compute_dtype(z.dtype)
     with torch.no_grad():
         return _sq_dist(z.detach().to(ct), centers.detach().to(ct)).argmin(dim=1)

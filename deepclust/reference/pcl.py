@@ -18,7 +18,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from .._utils import check_int, check_positive, check_tensor
+from .._common import check_int, check_positive, check_tensor
 from .prototype import prototype_cross_entropy
 
 __all__ = [

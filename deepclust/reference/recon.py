@@ -8,43 +8,12 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .._utils import _is_tracing, check_int, check_same_device, check_tensor
+from .._common import check_edge_index, check_same_device, check_tensor, sampler_args
 
 __all__ = ["negative_sampling", "recon_loss"]
 
 # Largest node count for which N * (N - 1) fits in int64.
 _MAX_NODES = 3037000499
-
-
-def _check_edge_index(edge_index, name: str, num_nodes: Optional[int] = None, *, nonempty=False):
-    check_tensor(edge_index, name, ndim=2, dtypes=(torch.int64, torch.int32), nonempty=nonempty)
-    if edge_index.shape[0] != 2:
-        raise ValueError(f"{name} must have shape (2, E), got {tuple(edge_index.shape)}")
-    edge_index = edge_index.long()
-    if num_nodes is not None and edge_index.numel() and not _is_tracing():
-        lo, hi = int(edge_index.min()), int(edge_index.max())
-        if lo < 0 or hi >= num_nodes:
-            raise ValueError(
-                f"{name} has node indices in [{lo}, {hi}], outside [0, {num_nodes})"
-            )
-    return edge_index
-
-
-def _sampler_args(edge_index, num_nodes, num_neg_samples):
-    """Validate the sampler's arguments; return (edge_index int64, N, S)."""
-    edge_index = _check_edge_index(edge_index, "edge_index")
-    if num_nodes is None:
-        if edge_index.numel() == 0:
-            raise ValueError("num_nodes must be given when edge_index is empty")
-        num_nodes = int(edge_index.max()) + 1
-    num_nodes = check_int(num_nodes, "num_nodes", minimum=0)
-    if num_nodes > _MAX_NODES:
-        raise ValueError(f"num_nodes must be <= {_MAX_NODES}, got {num_nodes}")
-    _check_edge_index(edge_index, "edge_index", num_nodes)
-    if num_neg_samples is None:
-        num_neg_samples = edge_index.shape[1]
-    num_neg_samples = check_int(num_neg_samples, "num_neg_samples", minimum=0)
-    return edge_index, num_nodes, num_neg_samples
 
 
 def _edge_gaps(edge_index: torch.Tensor, num_nodes: int):
@@ -94,7 +63,7 @@ def negative_sampling(
         ValueError: no non-edge pair exists (complete graph, or ``N < 2``) while samples are
             requested.
     """
-    edge_index, n, s = _sampler_args(edge_index, num_nodes, num_neg_samples)
+    edge_index, n, s = sampler_args(edge_index, num_nodes, num_neg_samples)
     if s == 0:
         return edge_index.new_empty((2, 0))
     gaps, non_edges = _edge_gaps(edge_index, n)
@@ -146,11 +115,11 @@ def recon_loss(
     """
     check_tensor(z, "z", ndim=2)
     n = z.shape[0]
-    pos = _check_edge_index(pos_edge_index, "pos_edge_index", n, nonempty=True)
+    pos = check_edge_index(pos_edge_index, "pos_edge_index", n, nonempty=True)
     if neg_edge_index is None:
         neg = negative_sampling(pos, n, pos.shape[1], generator=generator)
     else:
-        neg = _check_edge_index(neg_edge_index, "neg_edge_index", n, nonempty=True)
+        neg = check_edge_index(neg_edge_index, "neg_edge_index", n, nonempty=True)
     check_same_device(z=z, pos_edge_index=pos, neg_edge_index=neg)
     zc = z if z.dtype == torch.float64 else z.float()
     s_pos = (zc[pos[0]] * zc[pos[1]]).sum(-1)

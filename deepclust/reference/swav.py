@@ -17,12 +17,12 @@ from typing import Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 
-from .._utils import (
+from .._common import (
     all_reduce_max,
     all_reduce_sum,
-    check_int,
-    check_positive,
     check_same_device,
+    check_sinkhorn_args,
+    check_swav_args,
     check_tensor,
     world_size,
 )
@@ -32,12 +32,6 @@ __all__ = ["sinkhorn", "sinkhorn_from_embeddings", "swav_loss"]
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _check_sinkhorn_args(eps, n_iters):
-    eps = check_positive(eps, "eps")
-    n_iters = check_int(n_iters, "n_iters", minimum=1)
-    return eps, n_iters
 
 
 @torch.no_grad()
@@ -62,7 +56,7 @@ def sinkhorn(scores: torch.Tensor, eps: float = 0.05, n_iters: int = 3, group=No
         Codes (B x K), float32 (float64 for float64 input), each row summing to 1, no gradient.
     """
     check_tensor(scores, "scores", ndim=2)
-    eps, n_iters = _check_sinkhorn_args(eps, n_iters)
+    eps, n_iters = check_sinkhorn_args(eps, n_iters)
     out = scores.detach().to(_compute_dtype(scores.dtype)) / eps
     B, K = out.shape
     b_total = B * world_size(group)
@@ -101,85 +95,6 @@ def sinkhorn_from_embeddings(z: torch.Tensor, prototypes: torch.Tensor, eps: flo
     return sinkhorn(scores, eps=eps, n_iters=n_iters, group=group)
 
 
-def _as_crop_list(crop_scores, name="crop_scores"):
-    """A list of V (B x K) tensors from a list/tuple of 2-D tensors or one (V x B x K) tensor."""
-    if isinstance(crop_scores, torch.Tensor):
-        check_tensor(crop_scores, name, ndim=3)
-        crops = list(crop_scores.unbind(0))
-    elif isinstance(crop_scores, (list, tuple)):
-        crops = list(crop_scores)
-        for i, c in enumerate(crops):
-            check_tensor(c, f"{name}[{i}]", ndim=2)
-    else:
-        raise TypeError(f"{name} must be a list/tuple of 2-D tensors or a 3-D tensor, "
-                        f"got {type(crop_scores).__name__}")
-    if len(crops) < 2:
-        raise ValueError(f"{name} must hold at least 2 crops, got {len(crops)}")
-    shape, dtype, dev = crops[0].shape, crops[0].dtype, crops[0].device
-    for i, c in enumerate(crops[1:], 1):
-        if c.shape != shape:
-            raise ValueError(f"{name}[{i}] has shape {tuple(c.shape)} but {name}[0] has {tuple(shape)} "
-                             "(every crop needs the same batch size and number of prototypes)")
-        if c.dtype != dtype:
-            raise TypeError(f"{name}[{i}] has dtype {c.dtype} but {name}[0] has {dtype}")
-        if c.device != dev:
-            raise ValueError(f"{name}[{i}] is on {c.device} but {name}[0] is on {dev}")
-    return crops
-
-
-def _check_assign(crops_for_assign, n_crops):
-    if isinstance(crops_for_assign, int) and not isinstance(crops_for_assign, bool):
-        crops_for_assign = (crops_for_assign,)
-    try:
-        a = tuple(crops_for_assign)
-    except TypeError:
-        raise TypeError("crops_for_assign must be a sequence of ints") from None
-    if len(a) == 0:
-        raise ValueError("crops_for_assign must not be empty")
-    out = []
-    for c in a:
-        c = check_int(c, "crops_for_assign", minimum=0)
-        if c >= n_crops:
-            raise ValueError(f"crops_for_assign entry {c} is out of range for {n_crops} crops")
-        out.append(c)
-    if len(set(out)) != len(out):
-        raise ValueError(f"crops_for_assign has repeated entries: {a}")
-    return tuple(out)
-
-
-def _check_queue(queue_scores, n_assign, K, dev, name="queue_scores"):
-    if queue_scores is None:
-        return [None] * n_assign
-    if isinstance(queue_scores, torch.Tensor) or not isinstance(queue_scores, (list, tuple)):
-        raise TypeError(f"{name} must be a list/tuple (one entry per assignment crop) or None")
-    if len(queue_scores) != n_assign:
-        raise ValueError(f"{name} needs {n_assign} entries (one per assignment crop), got {len(queue_scores)}")
-    out = []
-    for i, q in enumerate(queue_scores):
-        if q is None:
-            out.append(None)
-            continue
-        check_tensor(q, f"{name}[{i}]", ndim=2, nonempty=False)
-        if q.shape[1] != K:
-            raise ValueError(f"{name}[{i}] has {q.shape[1]} columns but the crops have K={K}")
-        if q.device != dev:
-            raise ValueError(f"{name}[{i}] is on {q.device} but the crops are on {dev}")
-        out.append(q if q.shape[0] > 0 else None)
-    return out
-
-
-def _check_swav_args(crop_scores, crops_for_assign, tau, eps, n_iters, queue_scores):
-    """Checks shared by this reference and the fused op: crops as a list, the assignment crops,
-    the queues, and ``tau``, ``eps``, ``n_iters`` as numbers."""
-    crops = _as_crop_list(crop_scores)
-    K = crops[0].shape[1]
-    assign = _check_assign(crops_for_assign, len(crops))
-    tau = check_positive(tau, "tau")
-    eps, n_iters = _check_sinkhorn_args(eps, n_iters)
-    queues = _check_queue(queue_scores, len(assign), K, crops[0].device)
-    return crops, assign, queues, tau, eps, n_iters
-
-
 def swav_loss(crop_scores: Union[Sequence[torch.Tensor], torch.Tensor],
               crops_for_assign: Sequence[int] = (0, 1), tau: float = 0.1, eps: float = 0.05,
               n_iters: int = 3, group=None,
@@ -206,7 +121,7 @@ def swav_loss(crop_scores: Union[Sequence[torch.Tensor], torch.Tensor],
         The scalar loss (computed in float32, float64 for float64 input, and cast back to the
         scores' dtype), with gradient to the scores.
     """
-    crops, assign, queues, tau, eps, n_iters = _check_swav_args(
+    crops, assign, queues, tau, eps, n_iters = check_swav_args(
         crop_scores, crops_for_assign, tau, eps, n_iters, queue_scores)
     n = len(crops)
     B, K = crops[0].shape

@@ -15,7 +15,7 @@ from typing import Tuple
 import torch
 import torch.nn.functional as F
 
-from .._utils import check_int, check_positive, check_tensor
+from .._common import check_int, check_positive, check_tensor
 from .prototype import prototype_cross_entropy
 
 __all__ = ["softmax_entropy", "select_supports", "tsd_prototypes", "tsd_prototype_loss", "topk_cluster_loss"]

@@ -278,7 +278,7 @@ def _dist_worker(rank, world, scores, z, p, crops):
 
 
 @pytest.mark.distributed
-def test_distributed_two_processes_equal_one_on_concatenated_batch():
+def test_distributed_two_processes_equal_one_on_concatenated_batch(device):
     z, p = unit(38, 11), unit(13, 11)
     scores = z @ p.t()
     crops = [unit(38, 11) @ p.t() for _ in range(3)]

@@ -1,54 +1,9 @@
-"""Shared plumbing: path selection, argument checks, process-group helpers."""
+"""Conventions of the whole repository, checked over its files: the device rule of the tests."""
 import ast
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import torch
 
-from deepclust import _utils as U
-from tests.helpers import run_distributed
-
-
-def test_resolve_impl(device):
-    x = torch.zeros(2, device=device)
-    assert U.resolve_impl("torch", x) == "torch"
-    assert U.resolve_impl("auto", x) == ("triton" if x.is_cuda else "torch")
-    # CUDA tensors run the kernels compiled; without CUDA the test session interprets them
-    assert U.resolve_impl("triton", x) == "triton"
-    with pytest.raises(ValueError, match="impl must be one of"):
-        U.resolve_impl("cuda", x)
-
-
-def test_resolve_impl_without_interpreter(monkeypatch):
-    # triton-cpu-on-purpose: CPU tensors with the interpreter off are the error under test
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
-    with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
-        U.resolve_impl("triton", torch.zeros(2))
-
-
-def test_triton_op_on_cpu_without_interpreter_is_a_clear_error():
-    """A real op call in a fresh process where TRITON_INTERPRET was never set (as on a CUDA
-    machine): impl="triton" on CPU tensors names the fix instead of failing in Triton."""
-    # triton-cpu-on-purpose: CPU tensors with the interpreter off are the error under test
-    code = (
-        "import torch\n"
-        "from deepclust.ops import soft_assign\n"
-        "try:\n"
-        "    soft_assign(torch.randn(5, 3), torch.randn(2, 3), impl='triton')\n"
-        "except RuntimeError as e:\n"
-        "    print('RAISED', e)\n"
-        "else:\n"
-        "    print('NO ERROR')\n"
-    )
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["CUDA_VISIBLE_DEVICES"] = ""  # the check is about CPU tensors; keep CUDA out of it
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                       cwd=Path(__file__).resolve().parents[1], timeout=300)
-    assert p.returncode == 0, p.stderr
-    assert "RAISED" in p.stdout and "needs CUDA tensors" in p.stdout, p.stdout + p.stderr
 
 
 # ----------------------------------------------------------------------------- the device rule
