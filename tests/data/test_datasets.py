@@ -38,35 +38,5 @@ def test_unknown_name_and_missing_root(tmp_path):
         load("usps", tmp_path)
 
 
-# (name, nodes, features, classes, directed edges or None)
-EXPECTED = [
-    ("cora", 2708, 1433, 7, 10556),
-    ("citeseer", 3327, 3703, 6, 9104),
-    ("amap", 7650, 745, 8, 238162),
-    ("acm", 3025, 1870, 3, 26256),
-    ("dblp", 4057, 334, 4, 7056),
-    ("wiki", 2405, 4973, 17, 23192),
-    ("usps", 9298, 256, 10, None),
-    ("mnist-test", 10000, 784, 10, None),
-    ("pendigits", 10992, 16, 10, None),
-]
-
-
-@pytest.mark.data
-@pytest.mark.parametrize("name,n,d,k,e", EXPECTED, ids=[r[0] for r in EXPECTED])
-def test_shared_data_sets(data_root, name, n, d, k, e):
-    ds = load(name, data_root)
-    assert ds.x.shape == (n, d) and ds.x.dtype == torch.float32
-    assert ds.y.shape == (n,) and int(ds.y.min()) == 0 and ds.n_clusters == k
-    assert torch.isfinite(ds.x).all()
-    if e is None:
-        assert ds.edge_index is None
-        assert 0.0 <= float(ds.x.min()) and float(ds.x.max()) <= 1.0
-    else:
-        ei = ds.edge_index
-        assert ei.shape == (2, e)
-        assert (ei[0] != ei[1]).all() and int(ei.max()) < n
-
-
 def test_registry_lists_everything():
     assert {"digits", "blobs", "sbm", "cora", "mnist-test"} <= set(DATASETS)

@@ -1,9 +1,12 @@
-"""The public surface: every exported name resolves, ops and references stay twins."""
+"""The public surface (deepclust/_lazy.py makes the packages' lazy re-exports): every exported
+name resolves, ops and references stay twins."""
 import importlib
 import inspect
 import types
 
 import pytest
+
+from deepclust._lazy import lazy_exports
 
 import deepclust.ops as ops
 import deepclust.reference as reference
@@ -32,3 +35,13 @@ def test_fused_op_has_a_reference_twin_with_the_same_signature(name):
     for k in rp:
         assert fp[k].default == rp[k].default, f"{name}({k}=...) defaults differ"
     assert inspect.getdoc(fused) and inspect.getdoc(ref)
+
+
+def test_lazy_exports_import_on_first_use_and_name_the_package():
+    getattr_, dir_, all_ = lazy_exports("deepclust", {"compute_dtype": "_common"})
+    assert all_ == ["compute_dtype"] and dir_() == ["compute_dtype"]
+    import deepclust._common as common
+
+    assert getattr_("compute_dtype") is common.compute_dtype
+    with pytest.raises(AttributeError, match="'deepclust' has no attribute 'nope'"):
+        getattr_("nope")
