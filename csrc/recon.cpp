@@ -1,13 +1,13 @@
 // Negative sampling and the fused reconstruction loss of graph autoencoders (DAEGC, GAE):
 // operator schemas (TORCH_LIBRARY) and the CPU kernels. The CUDA kernels are in
-// kernels/recon_cuda.cu. Autograd and fake-tensor rules are registered in
+// kernels/recon_cuda.cu. Autograd, fake-tensor and autocast rules are registered in
 // deepclust/ops/recon.py.
 //
 //   negative_sampling(edge_index, num_nodes, num_neg_samples, seed) -> (2, S) int64
-//   recon_loss_fwd(z, pos, neg) -> 0-d loss
+//   recon_loss(z, pos, neg) -> 0-d loss
 //       mean_e softplus(-z_u . z_v) over pos + mean_e softplus(z_u . z_v) over neg
-//   recon_loss_bwd(grad, z, pos, neg) -> dz (N, d); recomputes the scores (nothing is saved
-//       besides z and the edge lists).
+//   recon_loss_backward(grad, z, pos, neg) -> dz (N, d); recomputes the scores (nothing is
+//       saved besides z and the edge lists).
 //
 // CPU kernels: the sampler sorts the edge keys with a parallel LSD radix sort and finds each
 // draw through a bucket index over the gaps (draws identical to draw_negative); the loss reads
@@ -64,6 +64,20 @@ void check_loss_args(const at::Tensor& z, const at::Tensor& pos, const at::Tenso
   TORCH_CHECK_VALUE(pos.device() == z.device() && neg.device() == z.device(),
               "z, pos_edge_index and neg_edge_index must be on one device, got ", z.device(), ", ",
               pos.device(), ", ", neg.device());
+}
+
+LossInputs loss_inputs(const at::Tensor& z, const at::Tensor& pos, const at::Tensor& neg) {
+  check_loss_args(z, pos, neg);
+  return LossInputs{z.contiguous(), pos.contiguous(), neg.contiguous(), z.size(0), z.size(1),
+                    pos.size(1), neg.size(1)};
+}
+
+// loss_inputs, plus the node-index range check of both edge lists (a host read of CPU memory).
+static LossInputs loss_inputs_cpu(const at::Tensor& z, const at::Tensor& pos, const at::Tensor& neg) {
+  LossInputs in = loss_inputs(z, pos, neg);
+  check_index_range_cpu(in.pos, in.N, "pos_edge_index");
+  check_index_range_cpu(in.neg, in.N, "neg_edge_index");
+  return in;
 }
 
 // ------------------------------------------------------------------------------ sampler (CPU)
@@ -300,19 +314,14 @@ static double edge_softplus_sum(const scalar_t* z, int64_t d, const at::Tensor& 
   return total;
 }
 
-at::Tensor recon_loss_fwd_cpu(const at::Tensor& z_in, const at::Tensor& pos_in, const at::Tensor& neg_in) {
-  check_loss_args(z_in, pos_in, neg_in);
-  const int64_t N = z_in.size(0), d = z_in.size(1);
-  check_index_range_cpu(pos_in, N, "pos_edge_index");
-  check_index_range_cpu(neg_in, N, "neg_edge_index");
-  auto z = z_in.contiguous();
-  auto pos = pos_in.contiguous();
-  auto neg = neg_in.contiguous();
+at::Tensor recon_loss_cpu(const at::Tensor& z_in, const at::Tensor& pos_in, const at::Tensor& neg_in) {
+  const LossInputs in = loss_inputs_cpu(z_in, pos_in, neg_in);
+  const at::Tensor& z = in.z;
   double loss = 0.0;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "recon_loss_fwd_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "recon_loss_cpu", [&] {
     const scalar_t* zp = z.data_ptr<scalar_t>();
-    loss = edge_softplus_sum<scalar_t>(zp, d, pos, true) / static_cast<double>(pos.size(1)) +
-           edge_softplus_sum<scalar_t>(zp, d, neg, false) / static_cast<double>(neg.size(1));
+    loss = edge_softplus_sum<scalar_t>(zp, in.d, in.pos, true) / static_cast<double>(in.Ep) +
+           edge_softplus_sum<scalar_t>(zp, in.d, in.neg, false) / static_cast<double>(in.En);
   });
   return at::scalar_tensor(loss, z.options().dtype(at::kDouble)).to(z.scalar_type());
 }
@@ -327,7 +336,7 @@ at::Tensor recon_loss_fwd_cpu(const at::Tensor& z_in, const at::Tensor& pos_in, 
 // computed there, from the row of z that the sum reads anyway (once from each end of an edge,
 // with the same value: the dot product is symmetric, term by term).
 template <typename scalar_t, typename idx_t>
-static void recon_bwd_kernel(const scalar_t* zp, scalar_t* dzp, int64_t N, int64_t d, const int64_t* ps,
+static void recon_backward_kernel(const scalar_t* zp, scalar_t* dzp, int64_t N, int64_t d, const int64_t* ps,
                              int64_t Ep, const int64_t* ns, int64_t En, double g) {
   using acc_t = typename AccType<scalar_t>::type;
   const int64_t Et = Ep + En;
@@ -412,28 +421,23 @@ static void recon_bwd_kernel(const scalar_t* zp, scalar_t* dzp, int64_t N, int64
   });
 }
 
-at::Tensor recon_loss_bwd_cpu(const at::Tensor& grad, const at::Tensor& z_in, const at::Tensor& pos_in,
-                              const at::Tensor& neg_in) {
-  check_loss_args(z_in, pos_in, neg_in);
+at::Tensor recon_loss_backward_cpu(const at::Tensor& grad, const at::Tensor& z_in, const at::Tensor& pos_in,
+                                   const at::Tensor& neg_in) {
+  const LossInputs in = loss_inputs_cpu(z_in, pos_in, neg_in);
   TORCH_CHECK_VALUE(grad.numel() == 1, "grad must hold one element, got shape ", grad.sizes());
-  const int64_t N = z_in.size(0), d = z_in.size(1);
-  check_index_range_cpu(pos_in, N, "pos_edge_index");
-  check_index_range_cpu(neg_in, N, "neg_edge_index");
-  auto z = z_in.contiguous();
-  auto pos = pos_in.contiguous();
-  auto neg = neg_in.contiguous();
-  const int64_t Ep = pos.size(1), En = neg.size(1);
+  const at::Tensor& z = in.z;
+  const int64_t N = in.N, d = in.d, Ep = in.Ep, En = in.En;
   const double g = grad.item<double>();
   auto dz = at::empty_like(z, at::MemoryFormat::Contiguous);
-  const int64_t* ps = pos.data_ptr<int64_t>();
-  const int64_t* ns = neg.data_ptr<int64_t>();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "recon_loss_bwd_cpu", [&] {
+  const int64_t* ps = in.pos.data_ptr<int64_t>();
+  const int64_t* ns = in.neg.data_ptr<int64_t>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "recon_loss_backward_cpu", [&] {
     const scalar_t* zp = z.data_ptr<scalar_t>();
     scalar_t* dzp = dz.data_ptr<scalar_t>();
     if (N <= std::numeric_limits<int32_t>::max()) {  // 2 * other + 1 fits in 32 bits
-      recon_bwd_kernel<scalar_t, uint32_t>(zp, dzp, N, d, ps, Ep, ns, En, g);
+      recon_backward_kernel<scalar_t, uint32_t>(zp, dzp, N, d, ps, Ep, ns, En, g);
     } else {
-      recon_bwd_kernel<scalar_t, uint64_t>(zp, dzp, N, d, ps, Ep, ns, En, g);
+      recon_backward_kernel<scalar_t, uint64_t>(zp, dzp, N, d, ps, Ep, ns, En, g);
     }
   });
   return dz;
@@ -443,12 +447,12 @@ at::Tensor recon_loss_bwd_cpu(const at::Tensor& grad, const at::Tensor& z_in, co
 
 TORCH_LIBRARY(deepclust, m) {
   m.def("negative_sampling(Tensor edge_index, int num_nodes, int num_neg_samples, int seed) -> Tensor");
-  m.def("recon_loss_fwd(Tensor z, Tensor pos, Tensor neg) -> Tensor");
-  m.def("recon_loss_bwd(Tensor grad, Tensor z, Tensor pos, Tensor neg) -> Tensor");
+  m.def("recon_loss(Tensor z, Tensor pos, Tensor neg) -> Tensor");
+  m.def("recon_loss_backward(Tensor grad, Tensor z, Tensor pos, Tensor neg) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(deepclust, CPU, m) {
   m.impl("negative_sampling", &deepclust::negative_sampling_cpu);
-  m.impl("recon_loss_fwd", &deepclust::recon_loss_fwd_cpu);
-  m.impl("recon_loss_bwd", &deepclust::recon_loss_bwd_cpu);
+  m.impl("recon_loss", &deepclust::recon_loss_cpu);
+  m.impl("recon_loss_backward", &deepclust::recon_loss_backward_cpu);
 }

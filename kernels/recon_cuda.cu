@@ -99,20 +99,23 @@ at::Tensor negative_sampling_cuda(const at::Tensor& edge_index, int64_t num_node
   return out;
 }
 
-at::Tensor recon_loss_fwd_cuda(const at::Tensor& z_in, const at::Tensor& pos_in,
-                               const at::Tensor& neg_in) {
-  check_loss_args(z_in, pos_in, neg_in);
-  TORCH_CHECK(z_in.is_cuda(), "z must be a CUDA tensor here");
-  const c10::cuda::CUDAGuard guard(z_in.device());
-  auto z = z_in.contiguous();
-  auto pos = pos_in.contiguous();
-  auto neg = neg_in.contiguous();
-  const int64_t N = z.size(0), d = z.size(1);
-  const int64_t Ep = pos.size(1), En = neg.size(1);
+// loss_inputs (csrc/recon.cpp) for the CUDA kernels: the same checks, on CUDA tensors.
+LossInputs loss_inputs_cuda(const at::Tensor& z, const at::Tensor& pos, const at::Tensor& neg) {
+  LossInputs in = loss_inputs(z, pos, neg);
+  TORCH_CHECK(in.z.is_cuda(), "z must be a CUDA tensor here");
+  return in;
+}
+
+at::Tensor recon_loss_cuda(const at::Tensor& z_in, const at::Tensor& pos_in,
+                           const at::Tensor& neg_in) {
+  const LossInputs in = loss_inputs_cuda(z_in, pos_in, neg_in);
+  const c10::cuda::CUDAGuard guard(in.z.device());
+  const at::Tensor &z = in.z, &pos = in.pos, &neg = in.neg;
+  const int64_t N = in.N, d = in.d, Ep = in.Ep, En = in.En;
   auto sums = at::zeros({2}, z.options().dtype(at::kDouble));
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
   const int sms = sm_count(z.device());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "recon_loss_fwd_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "recon_loss_cuda", [&] {
     using cuda_t = typename CudaType<scalar_t>::type;
     const cuda_t* zp = reinterpret_cast<const cuda_t*>(z.data_ptr<scalar_t>());
     const int64_t* ps = pos.data_ptr<int64_t>();
@@ -125,24 +128,20 @@ at::Tensor recon_loss_fwd_cuda(const at::Tensor& z_in, const at::Tensor& pos_in,
   return loss.to(z.scalar_type());
 }
 
-at::Tensor recon_loss_bwd_cuda(const at::Tensor& grad, const at::Tensor& z_in, const at::Tensor& pos_in,
-                               const at::Tensor& neg_in) {
-  check_loss_args(z_in, pos_in, neg_in);
-  TORCH_CHECK(z_in.is_cuda(), "z must be a CUDA tensor here");
+at::Tensor recon_loss_backward_cuda(const at::Tensor& grad, const at::Tensor& z_in,
+                                    const at::Tensor& pos_in, const at::Tensor& neg_in) {
+  const LossInputs in = loss_inputs_cuda(z_in, pos_in, neg_in);
   TORCH_CHECK_VALUE(grad.numel() == 1, "grad must hold one element, got shape ", grad.sizes());
   TORCH_CHECK(grad.device() == z_in.device(), "grad must be on the device of z");
-  const c10::cuda::CUDAGuard guard(z_in.device());
-  auto z = z_in.contiguous();
-  auto pos = pos_in.contiguous();
-  auto neg = neg_in.contiguous();
-  const int64_t N = z.size(0), d = z.size(1);
-  const int64_t Ep = pos.size(1), En = neg.size(1);
+  const c10::cuda::CUDAGuard guard(in.z.device());
+  const at::Tensor &z = in.z, &pos = in.pos, &neg = in.neg;
+  const int64_t N = in.N, d = in.d, Ep = in.Ep, En = in.En;
   const auto acc_type = z.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   auto dz_acc = at::zeros({N, d}, z.options().dtype(acc_type));
   auto g = grad.reshape({1}).to(acc_type).contiguous();
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
   const int sms = sm_count(z.device());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "recon_loss_bwd_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "recon_loss_backward_cuda", [&] {
     using cuda_t = typename CudaType<scalar_t>::type;
     using acc_t = typename cuda::AccOf<cuda_t>::type;
     const cuda_t* zp = reinterpret_cast<const cuda_t*>(z.data_ptr<scalar_t>());
@@ -163,6 +162,6 @@ at::Tensor recon_loss_bwd_cuda(const at::Tensor& grad, const at::Tensor& z_in, c
 
 TORCH_LIBRARY_IMPL(deepclust, CUDA, m) {
   m.impl("negative_sampling", &deepclust::negative_sampling_cuda);
-  m.impl("recon_loss_fwd", &deepclust::recon_loss_fwd_cuda);
-  m.impl("recon_loss_bwd", &deepclust::recon_loss_bwd_cuda);
+  m.impl("recon_loss", &deepclust::recon_loss_cuda);
+  m.impl("recon_loss_backward", &deepclust::recon_loss_backward_cuda);
 }

@@ -1,13 +1,17 @@
-"""Helpers shared by the tests: tolerances earned against float64, and multi-process runs."""
+"""Helpers shared by the tests: tolerances earned against float64, multi-process runs, and the
+graph inputs and contract checks of the negative sampler and the reconstruction loss (the
+reference's tests and the op's tests run the same checks on their own functions)."""
 from __future__ import annotations
 
 import os
 import tempfile
 import warnings
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+import torch.nn.functional as F
 
 # Where tests run Triton paths: CUDA when present (compiled kernels), else the CPU (the
 # interpreter, which conftest turns on). The `device` fixture returns the same device.
@@ -102,3 +106,121 @@ def _run_distributed(fn, args, world_size):
                 raise
             warnings.warn(f"a rank aborted in gloo teardown after saving its result: {exc}")
         return [torch.load(p, weights_only=False) for p in paths]
+
+
+# ----------------------------------------------------------------------------- graphs, recon
+def seed_recon_loss(z, pos, neg, eps=1e-15):
+    """PyAGC's DAEGC.recon_loss with given negatives (the seed's formula)."""
+    s_pos = torch.sigmoid((z[pos[0]] * z[pos[1]]).sum(-1))
+    s_neg = torch.sigmoid((z[neg[0]] * z[neg[1]]).sum(-1))
+    return -torch.log(s_pos + eps).mean() - torch.log(1 - s_neg + eps).mean()
+
+
+def recon_truth(z, pos, neg):
+    """The reconstruction loss in float64 (softplus form), differentiable in ``z``."""
+    z = z.double()
+    s_pos = (z[pos[0]] * z[pos[1]]).sum(-1)
+    s_neg = (z[neg[0]] * z[neg[1]]).sum(-1)
+    return F.softplus(-s_pos).mean() + F.softplus(s_neg).mean()
+
+
+def random_graph(n, e, seed=0):
+    """About ``e`` random directed edges of ``n`` nodes, self-loops dropped (repeats kept)."""
+    g = torch.Generator().manual_seed(seed)
+    ei = torch.randint(0, n, (2, e), generator=g)
+    return ei[:, ei[0] != ei[1]]
+
+
+def edge_set(ei):
+    return set(map(tuple, ei.t().tolist()))
+
+
+def check_sampler_properties(sample):
+    """``sample(edge_index, num_nodes, num_neg_samples, generator)`` behaves as a uniform
+    negative sampler."""
+    ei = random_graph(50, 300)
+    out = sample(ei, 50, 997, torch.Generator().manual_seed(3))
+    assert out.shape == (2, 997) and out.dtype == torch.int64
+    assert (out[0] != out[1]).all(), "self-loop sampled"
+    assert not (edge_set(out) & edge_set(ei)), "an edge was sampled as a negative"
+    assert out.min() >= 0 and out.max() < 50
+    # reproducible with a generator, different for another seed
+    again = sample(ei, 50, 997, torch.Generator().manual_seed(3))
+    assert torch.equal(out, again)
+    other = sample(ei, 50, 997, torch.Generator().manual_seed(4))
+    assert not torch.equal(out, other)
+    # exact count 0
+    assert sample(ei, 50, 0, None).shape == (2, 0)
+
+
+def check_sampler_uniform(sample):
+    """Chi-square goodness of fit over all non-edges of a small graph (fixed seed)."""
+    from scipy.stats import chisquare
+
+    ei = torch.tensor([[0, 1, 1, 2, 3, 4, 4, 0], [1, 0, 2, 3, 2, 0, 5, 0]])  # one self-loop
+    n = 6
+    non_edges = [(u, v) for u in range(n) for v in range(n) if u != v and (u, v) not in edge_set(ei)]
+    per = 300
+    out = sample(ei, n, per * len(non_edges), torch.Generator().manual_seed(11))
+    keys = (out[0] * n + out[1]).tolist()
+    counts = torch.bincount(torch.tensor(keys), minlength=n * n)
+    observed = torch.tensor([counts[u * n + v].item() for u, v in non_edges], dtype=torch.float64)
+    assert observed.sum().item() == out.shape[1], "sampled a pair outside the non-edges"
+    p = chisquare(observed.numpy()).pvalue
+    assert p > 1e-4, f"draws not uniform (chi-square p={p:.2e})"
+
+
+def check_sampler_dense(sample):
+    """Almost complete graph: exactly one or two non-edges are left; complete graph errors."""
+    n = 7
+    full = torch.tensor([(u, v) for u in range(n) for v in range(n) if u != v]).t()
+    keep = ~(((full[0] == 2) & (full[1] == 5)) | ((full[0] == 6) & (full[1] == 0)))
+    out = sample(full[:, keep], n, 400, torch.Generator().manual_seed(0))
+    pairs = edge_set(out)
+    assert pairs == {(2, 5), (6, 0)}
+    with pytest.raises(ValueError, match="no negative pair"):
+        sample(full, n, 5, None)
+    with pytest.raises(ValueError, match="no negative pair"):
+        sample(torch.zeros(2, 0, dtype=torch.long), 1, 3, None)
+
+
+def check_sampler_bad_input(sample_raw):
+    """``sample_raw`` is the public function with its own defaults."""
+    ei = torch.tensor([[0, 1], [1, 2]])
+    with pytest.raises(ValueError, match="edge_index"):
+        sample_raw(ei, 2)  # index 2 outside [0, 2)
+    with pytest.raises(ValueError, match="edge_index"):
+        sample_raw(torch.tensor([[0, -1], [1, 2]]), 3)
+    with pytest.raises(ValueError, match="edge_index"):
+        sample_raw(torch.zeros(3, 4, dtype=torch.long), 5)
+    with pytest.raises(TypeError, match="edge_index"):
+        sample_raw(ei.float(), 3)
+    with pytest.raises(TypeError, match="edge_index"):
+        sample_raw([[0, 1], [1, 2]], 3)
+    with pytest.raises(ValueError, match="num_neg_samples"):
+        sample_raw(ei, 3, -1)
+    with pytest.raises(ValueError, match="num_nodes"):
+        sample_raw(torch.zeros(2, 0, dtype=torch.long))
+    # defaults: N = max + 1, S = E
+    out = sample_raw(ei)
+    assert out.shape == (2, 2) and out.max() < 3
+
+
+def check_loss_bad_input(loss):
+    """``loss(z, pos_edge_index, neg_edge_index)`` names the bad argument."""
+    z = torch.randn(4, 3)
+    pos = torch.tensor([[0, 1], [1, 2]])
+    with pytest.raises(ValueError, match="z"):
+        loss(torch.randn(4), pos, pos)
+    with pytest.raises(TypeError, match="z"):
+        loss(torch.ones(4, 3, dtype=torch.long), pos, pos)
+    with pytest.raises(ValueError, match="pos_edge_index"):
+        loss(z, torch.tensor([[0, 4], [1, 2]]), pos)
+    with pytest.raises(ValueError, match="neg_edge_index"):
+        loss(z, pos, torch.tensor([[0, 1], [1, 7]]))
+    with pytest.raises(ValueError, match="pos_edge_index"):
+        loss(z, pos.t().contiguous().view(1, 4), pos)
+    with pytest.raises(TypeError, match="pos_edge_index"):
+        loss(z, pos.float(), pos)
+    with pytest.raises(ValueError, match="pos_edge_index"):
+        loss(z, torch.zeros(2, 0, dtype=torch.long), pos)

@@ -97,24 +97,24 @@ static void test_loss() {
   auto z = at::tensor({1.0, 0.0, 0.0, 2.0, 1.0, 1.0}, at::kDouble).view({3, 2});
   auto pos = edges({{0, 2}});
   auto neg = edges({{1, 2}});
-  auto loss = deepclust::recon_loss_fwd_cpu(z, pos, neg).item<double>();
+  auto loss = deepclust::recon_loss_cpu(z, pos, neg).item<double>();
   const double expected = std::log1p(std::exp(-1.0)) + std::log1p(std::exp(2.0));
   EXPECT(std::fabs(loss - expected) < 1e-12);
   // backward: dL/dz0 = -sigmoid(-1) z2, dL/dz1 = sigmoid(2) z2,
   //           dL/dz2 = -sigmoid(-1) z0 + sigmoid(2) z1
-  auto dz = deepclust::recon_loss_bwd_cpu(at::scalar_tensor(1.0, at::kDouble), z, pos, neg);
+  auto dz = deepclust::recon_loss_backward_cpu(at::scalar_tensor(1.0, at::kDouble), z, pos, neg);
   const double a = -1.0 / (1.0 + std::exp(1.0)), b = 1.0 / (1.0 + std::exp(-2.0));
   auto expect = at::tensor({a, a, b, b, a, 2.0 * b}, at::kDouble).view({3, 2});
   EXPECT(at::allclose(dz, expect, 1e-12, 1e-12));
   // float32 agrees with float64
-  auto l32 = deepclust::recon_loss_fwd_cpu(z.to(at::kFloat), pos, neg);
+  auto l32 = deepclust::recon_loss_cpu(z.to(at::kFloat), pos, neg);
   EXPECT(l32.scalar_type() == at::kFloat);
   EXPECT(std::fabs(l32.item<double>() - expected) < 1e-5);
   // bad input
-  EXPECT(throws([&] { deepclust::recon_loss_fwd_cpu(z.view({6}), pos, neg); }));
-  EXPECT(throws([&] { deepclust::recon_loss_fwd_cpu(z, edges({{0, 3}}), neg); }));
-  EXPECT(throws([&] { deepclust::recon_loss_fwd_cpu(z, at::zeros({2, 0}, at::kLong), neg); }));
-  EXPECT(throws([&] { deepclust::recon_loss_fwd_cpu(z.to(at::kLong), pos, neg); }));
+  EXPECT(throws([&] { deepclust::recon_loss_cpu(z.view({6}), pos, neg); }));
+  EXPECT(throws([&] { deepclust::recon_loss_cpu(z, edges({{0, 3}}), neg); }));
+  EXPECT(throws([&] { deepclust::recon_loss_cpu(z, at::zeros({2, 0}, at::kLong), neg); }));
+  EXPECT(throws([&] { deepclust::recon_loss_cpu(z.to(at::kLong), pos, neg); }));
 }
 
 int main() {
