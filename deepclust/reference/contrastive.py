@@ -12,7 +12,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .._common import check_positive, check_views, gather_views
+from .._common import check_positive, check_views, compute_dtype, gather_views
 
 __all__ = ["instance_contrastive_loss", "cluster_contrastive_loss"]
 
@@ -32,10 +32,6 @@ def _positive_logprob_loss(logits: torch.Tensor, m: int) -> torch.Tensor:
     cols = (rows[:, None] + shifts[None, :]) % n  # (n, m-1)
     pos = logprob.gather(1, cols)
     return -pos.sum() / n / (m - 1)
-
-
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 def instance_contrastive_loss(
@@ -77,7 +73,7 @@ def instance_contrastive_loss(
     """
     m = check_views(z, "z", n_views)
     tau = check_positive(tau, "tau")
-    zf = gather_views(z.to(_compute_dtype(z)), m, group)
+    zf = gather_views(z.to(compute_dtype(z)), m, group)
     logits = zf @ zf.t() / tau
     return _positive_logprob_loss(logits, m).to(z.dtype)
 
@@ -118,7 +114,7 @@ def cluster_contrastive_loss(
     """
     m = check_views(c, "c", n_views)
     tau = check_positive(tau, "tau")
-    cf = gather_views(c.to(_compute_dtype(c)), m, group)
+    cf = gather_views(c.to(compute_dtype(c)), m, group)
     k = cf.shape[1]
     b = cf.shape[0] // m
     views = cf.reshape(m, b, k)

@@ -7,7 +7,7 @@ from typing import Union
 import torch
 import torch.nn.functional as F
 
-from .._common import check_prototype_args
+from .._common import check_prototype_args, compute_dtype
 
 __all__ = ["prototype_cross_entropy"]
 
@@ -43,7 +43,7 @@ def prototype_cross_entropy(
     prototype loss and SwAV (Caron et al., NeurIPS 2020) for the swapped prediction.
     """
     check_prototype_args(x, prototypes, target, temperature)
-    cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
+    cdt = compute_dtype(x)
     logits = x.to(cdt) @ prototypes.to(cdt).t()
     if isinstance(temperature, torch.Tensor):
         logits = logits / temperature.to(cdt)

@@ -1,6 +1,6 @@
 """The fused contrastive losses against the eager reference, the published formula and float64;
-both paths, every dtype, gradients, two processes, torch.compile and opcheck; the tile choice
-(same on the GPU and in the interpreter) and bitwise determinism."""
+both paths, every dtype, gradients, two processes, torch.compile, opcheck and autocast; the tile
+choice (same on the GPU and in the interpreter) and bitwise determinism."""
 import inspect
 import math
 
@@ -10,6 +10,8 @@ import torch.nn.functional as F
 
 import deepclust.ops.contrastive as C
 from deepclust import reference as R
+from deepclust.ops import _plumbing
+from deepclust.ops.contrastive import _eager, _kernels
 from tests.helpers import DEVICE, DTYPE_IDS, DTYPES, assert_close_to_truth, run_distributed
 from tests.reference.test_contrastive import (
     local_part,
@@ -24,7 +26,7 @@ IMPLS = ["torch", "triton"]
 @pytest.fixture(autouse=True)
 def _poison(monkeypatch):
     """Kernel outputs start as NaN: an element a kernel leaves unwritten fails the test."""
-    monkeypatch.setattr(C, "_POISON_OUTPUTS", True)
+    monkeypatch.setattr(_plumbing, "POISON_OUTPUTS", True)
 
 
 def _loss_and_grad(fn, x, *args, **kw):
@@ -125,20 +127,23 @@ def test_hand_values():
 
 
 def test_torch_path_float64_gradcheck(monkeypatch):
-    monkeypatch.setattr(C, "_CHUNK_ELEMS", 8)  # several row chunks
+    monkeypatch.setattr(_eager, "_CHUNK_ELEMS", 8)  # several row chunks
     z = torch.randn(3 * 4, 5, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: C.instance_contrastive_loss(t, 3, 0.5, impl="torch"), (z,))
     c = random_assignments(2 * 5, 3).requires_grad_(True)
     assert torch.autograd.gradcheck(lambda t: C.cluster_contrastive_loss(t, 2, 0.7, impl="torch"), (c,))
 
 
-def test_torch_path_chunks_agree(monkeypatch):
-    z = F.normalize(torch.randn(3 * 11, 7), dim=1)
-    full = _loss_and_grad(C.instance_contrastive_loss, z, 3, 0.5, impl="torch")
-    monkeypatch.setattr(C, "_CHUNK_ELEMS", 50)  # one row per chunk
-    chunked = _loss_and_grad(C.instance_contrastive_loss, z, 3, 0.5, impl="torch")
-    for a, b in zip(full, chunked):
-        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+def test_torch_path_row_chunks(monkeypatch):
+    # one row per chunk and one chunk for all: both as close to float64 as the reference
+    z = F.normalize(torch.randn(3 * 11, 7, dtype=torch.float64), dim=1)
+    monkeypatch.setattr(_eager, "_CHUNK_ELEMS", 50)
+    assert len(_plumbing.row_chunks(z.shape[0], z.shape[0], _eager._CHUNK_ELEMS)) == z.shape[0]
+    _check(C.instance_contrastive_loss, R.instance_contrastive_loss, z, torch.float32, "cpu",
+           3, 0.5, impl="torch")
+    monkeypatch.setattr(_eager, "_CHUNK_ELEMS", 1 << 23)
+    _check(C.instance_contrastive_loss, R.instance_contrastive_loss, z, torch.float32, "cpu",
+           3, 0.5, impl="torch")
 
 
 # ----------------------------------------------------------------------------- tiles, determinism
@@ -165,7 +170,7 @@ def test_config_same_on_gpu_and_interpreter(dtype, backward):
 
 def test_kernels_free_of_atomics():
     # every output element is written by one program in a fixed order: nothing to race
-    assert "tl.atomic" not in inspect.getsource(C)
+    assert "tl.atomic" not in inspect.getsource(_kernels)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
@@ -202,15 +207,17 @@ def test_bad_input(fn, device):
         fn(x.to(device, torch.float64), 2, impl="triton")
 
 
-# ----------------------------------------------------------------------------- torch.compile, opcheck
-def test_torch_compile_fullgraph():
-    z = F.normalize(torch.randn(3 * 7, 11), dim=1)
-    c = random_assignments(2 * 9, 4, dtype=torch.float32)
+# ----------------------------------------------------------------------- torch.compile, opcheck
+@pytest.mark.parametrize("impl", IMPLS)
+def test_torch_compile_fullgraph(impl, device):
+    z = F.normalize(torch.randn(3 * 7, 11), dim=1).to(device)
+    c = random_assignments(2 * 9, 4, dtype=torch.float32).to(device)
 
     def both(z, c):
-        return (C.instance_contrastive_loss(z, 3, 0.5, impl="torch")
-                + C.cluster_contrastive_loss(c, 2, 1.0, impl="torch"))
+        return (C.instance_contrastive_loss(z, 3, 0.5, impl=impl)
+                + C.cluster_contrastive_loss(c, 2, 1.0, impl=impl))
 
+    torch._dynamo.reset()
     compiled = torch.compile(both, backend="aot_eager", fullgraph=True)
     (zc, cc), (ze, ce) = [[t.clone().requires_grad_(True) for t in (z, c)] for _ in range(2)]
     out_c, out_e = compiled(zc, cc), both(ze, ce)
@@ -219,6 +226,10 @@ def test_torch_compile_fullgraph():
     torch.testing.assert_close(out_c, out_e)
     torch.testing.assert_close(zc.grad, ze.grad)
     torch.testing.assert_close(cc.grad, ce.grad)
+    # and the compiled loss is the reference's
+    truth = (R.instance_contrastive_loss(z.double(), 3, 0.5)
+             + R.cluster_contrastive_loss(c.double(), 2, 1.0))
+    torch.testing.assert_close(out_c.double(), truth, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -229,6 +240,44 @@ def test_opcheck(impl, device):
     g = torch.randn(18, device=device)
     torch.library.opcheck(torch.ops.deepclust.contrastive_rows_backward.default,
                           (z.detach(), stats, g, 2, 2.0, impl))
+
+
+# ----------------------------------------------------------------------------- autocast
+@pytest.mark.parametrize("impl", IMPLS)
+def test_custom_op_runs_fp32_under_autocast(impl, device):
+    # the registered autocast rule: a bf16 z reaches the row terms as fp32
+    z = F.normalize(torch.randn(3 * 11, 19, device=device), dim=1)
+    zb = z.bfloat16()
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        rows, stats = torch.ops.deepclust.contrastive_rows(zb, 3, 2.0, impl)
+    want_rows, want_stats = torch.ops.deepclust.contrastive_rows(zb.float(), 3, 2.0, impl)
+    assert rows.dtype == stats.dtype == torch.float32
+    torch.testing.assert_close(rows, want_rows, rtol=0, atol=0)
+    torch.testing.assert_close(stats, want_stats, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("which", ["instance", "cluster"])
+def test_autocast_bf16_is_the_fp32_loss(which, impl, device):
+    # bf16 activations under autocast: the fp32 loss of the up-cast input, finite bf16 grads
+    fn = C.instance_contrastive_loss if which == "instance" else C.cluster_contrastive_loss
+    if which == "instance":
+        x = F.normalize(torch.randn(2 * 13, 19), dim=1)
+    else:
+        x = random_assignments(2 * 13, 5, dtype=torch.float32)
+    xb = x.to(device, torch.bfloat16).requires_grad_(True)
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        out = fn(xb, 2, 0.5, impl=impl)
+    out.backward()
+    want, g_want = _loss_and_grad(fn, xb.detach().float(), 2, 0.5, impl=impl)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out.detach(), want, rtol=0, atol=0)
+    assert xb.grad.dtype == torch.bfloat16 and torch.isfinite(xb.grad).all()
+    torch.testing.assert_close(xb.grad, g_want.bfloat16(), rtol=0, atol=0)
+    # and it is the reference's fp32 loss
+    truth = (R.instance_contrastive_loss if which == "instance" else R.cluster_contrastive_loss)(
+        xb.detach().double(), 2, 0.5)
+    torch.testing.assert_close(out.double(), truth, rtol=1e-5, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- two processes

@@ -1,12 +1,13 @@
-"""Prototype cross-entropy: reference behaviour, fused op vs reference on every path/dtype."""
-import math
-
+"""Prototype cross-entropy: the fused op vs the reference and float64 on every path and dtype,
+opcheck, torch.compile, autocast, bad input; the tile choice and determinism."""
 import pytest
 import torch
 import torch.nn.functional as F
 
+from deepclust.ops import _plumbing
 from deepclust.ops import prototype as P
 from deepclust.ops import prototype_cross_entropy as op
+from deepclust.ops.prototype import _kernels, _launch
 from deepclust.reference import prototype_cross_entropy as ref
 from tests.helpers import DTYPE_IDS, DTYPES, assert_close_to_truth
 
@@ -16,44 +17,7 @@ IMPLS = ["torch", "triton"]
 @pytest.fixture(autouse=True)
 def _poison(monkeypatch):
     """Every kernel output starts as NaN, so an element the kernel forgets fails the test."""
-    monkeypatch.setattr(P, "_POISON_OUTPUTS", True)
-
-
-# ---------------------------------------------------------------- reference
-def test_reference_hand_values():
-    x = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
-    c = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    # logits / 0.5: row 0 [2, 0], row 1 [0, 4]
-    hard = ref(x, c, torch.tensor([0, 0]), 0.5)
-    want = (math.log(1 + math.exp(-2)) + math.log(1 + math.exp(4))) / 2
-    assert hard.item() == pytest.approx(want, rel=1e-6)
-    # per-prototype temperature [1, 0.25]: row 0 [1, 0], row 1 [0, 8]
-    soft = ref(x, c, torch.tensor([[0.5, 0.5], [1.0, 0.0]]), torch.tensor([1.0, 0.25]))
-    r0 = 0.5 * math.log(1 + math.exp(-1)) + 0.5 * math.log(1 + math.exp(1))
-    r1 = math.log(1 + math.exp(8))
-    assert soft.item() == pytest.approx((r0 + r1) / 2, rel=1e-6)
-
-
-def test_reference_matches_literal_formulas():
-    x, c = torch.randn(9, 5, dtype=torch.float64), torch.randn(6, 5, dtype=torch.float64)
-    T = 0.1 + torch.rand(6, dtype=torch.float64)
-    y = torch.randint(0, 6, (9,))
-    torch.testing.assert_close(ref(x, c, y, T), F.cross_entropy(x @ c.T / T, y))
-    t = torch.rand(9, 6, dtype=torch.float64)  # rows need not sum to one
-    want = -(t * F.log_softmax(x @ c.T / 0.3, dim=1)).sum(1).mean()
-    torch.testing.assert_close(ref(x, c, t, 0.3), want)
-    # hard == soft with one-hot targets
-    torch.testing.assert_close(ref(x, c, y, T), ref(x, c, F.one_hot(y, 6).double(), T))
-
-
-def test_reference_gradcheck():
-    x = torch.randn(7, 4, dtype=torch.float64, requires_grad=True)
-    c = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
-    T = (0.2 + torch.rand(5, dtype=torch.float64)).requires_grad_(True)
-    y = torch.randint(0, 5, (7,))
-    t = torch.rand(7, 5, dtype=torch.float64).requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda a, b, s: ref(a, b, y, s), (x, c, T))
-    assert torch.autograd.gradcheck(lambda a, b, s: ref(a, b, s, 0.7), (x, c, t))
+    monkeypatch.setattr(_plumbing, "POISON_OUTPUTS", True)
 
 
 # ---------------------------------------------------------------- fused vs reference
@@ -149,34 +113,89 @@ def test_op_only_x_needs_grad_and_noncontiguous(impl, device):
 # ---------------------------------------------------------------- torch.library / compile
 @pytest.mark.parametrize("impl", IMPLS)
 def test_opcheck(impl, device):
-    from deepclust.ops.prototype import _ce_rows
-
     x = torch.randn(19, 17, device=device, requires_grad=True)
     c = torch.randn(21, 17, device=device, requires_grad=True)
     inv_t = torch.full((21,), 5.0, device=device)
     for t in (torch.randint(0, 21, (19,), device=device), torch.rand(19, 21, device=device)):
-        torch.library.opcheck(_ce_rows, (x, c, t, inv_t, impl == "triton"))
+        torch.library.opcheck(torch.ops.deepclust.prototype_ce_rows.default,
+                              (x, c, t, inv_t, impl))
+        _, lse = torch.ops.deepclust.prototype_ce_rows(x.detach(), c.detach(), t, inv_t, impl)
+        g = torch.randn(19, device=device)
+        for need_dx, need_dp in ((True, True), (True, False), (False, True)):
+            torch.library.opcheck(torch.ops.deepclust.prototype_ce_rows_backward.default,
+                                  (g, x.detach(), c.detach(), t, inv_t, lse, impl, need_dx,
+                                   need_dp))
 
 
-def test_torch_compile_no_graph_break(device):
+@pytest.mark.parametrize("impl", IMPLS)
+def test_torch_compile_no_graph_break(impl, device):
     x = torch.randn(37, 19, device=device, requires_grad=True)
     c = torch.randn(11, 19, device=device, requires_grad=True)
     t = torch.randint(0, 11, (37,), device=device)
     T = 0.1 + torch.rand(11, device=device)
 
     def f(x, c):
-        return op(x, c, t, T, impl="torch") * 2.0
+        return op(x, c, t, T, impl=impl) * 2.0
 
     torch._dynamo.reset()
     compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
     out = compiled(x, c)
     out.backward()
-    gx = x.grad.clone()
-    x.grad = None
+    gx, gc = x.grad.clone(), c.grad.clone()
+    x.grad = c.grad = None
     want = f(x, c)
     want.backward()
     torch.testing.assert_close(out, want)
     torch.testing.assert_close(gx, x.grad)
+    torch.testing.assert_close(gc, c.grad)
+    # and the compiled loss is the reference's
+    truth = 2.0 * ref(x.detach().double(), c.detach().double(), t, T.double())
+    torch.testing.assert_close(out.detach().double(), truth, rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------- autocast
+@pytest.mark.parametrize("impl", IMPLS)
+def test_custom_op_runs_fp32_under_autocast(impl, device):
+    # the registered autocast rule: bf16 x, prototypes and target reach the op as fp32
+    x, c, t, T = _inputs(37, 21, 19, "soft", "vector", seed=6)
+    xb, cb, tb = (a.to(device, torch.bfloat16) for a in (x, c, t))
+    inv_t = (1.0 / T).float().to(device)
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        rows, lse = torch.ops.deepclust.prototype_ce_rows(xb, cb, tb, inv_t, impl)
+    want = torch.ops.deepclust.prototype_ce_rows(xb.float(), cb.float(), tb.float(), inv_t, impl)
+    assert rows.dtype == lse.dtype == torch.float32
+    for a, b in zip((rows, lse), want):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("mode", [("hard", "vector"), ("soft", "scalar")], ids=["hard", "soft"])
+def test_autocast_bf16_activations_fp32_prototypes(mode, impl, device):
+    # bf16 x with fp32 prototypes under autocast: the fp32 loss of the up-cast x, finite grads
+    # (outside autocast the mixed dtypes are an error)
+    x, c, t, T = _inputs(37, 21, 19, *mode, seed=7)
+    xb = x.to(device, torch.bfloat16).requires_grad_(True)
+    cf = c.to(device, torch.float32).requires_grad_(True)
+    tt = t.to(device, torch.float32) if t.is_floating_point() else t.to(device)
+    TT = T.to(device, torch.float32) if isinstance(T, torch.Tensor) else T
+    with pytest.raises(TypeError, match="prototypes"):
+        op(xb, cf, tt, TT, impl=impl)
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        out = op(xb, cf, tt, TT, impl=impl)
+    out.backward()
+    xw = xb.detach().float().requires_grad_(True)
+    cw = c.to(device, torch.float32).requires_grad_(True)
+    want = op(xw, cw, tt, TT, impl=impl)
+    want.backward()
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out.detach(), want.detach(), rtol=0, atol=0)
+    assert xb.grad.dtype == torch.bfloat16 and cf.grad.dtype == torch.float32
+    assert torch.isfinite(xb.grad).all() and torch.isfinite(cf.grad).all()
+    torch.testing.assert_close(xb.grad, xw.grad.bfloat16(), rtol=0, atol=0)
+    torch.testing.assert_close(cf.grad, cw.grad, rtol=0, atol=0)
+    # and it is the reference's fp32 loss
+    truth = ref(xb.detach().double().cpu(), c, t, T)  # (x, c, t, T: float64 from _inputs)
+    torch.testing.assert_close(out.detach().double().cpu(), truth, rtol=1e-5, atol=1e-5)
 
 
 # ---------------------------------------------------------------- bad inputs
@@ -241,7 +260,7 @@ def test_interpreter_runs_the_gpu_config(dtype, soft):
 def test_kernels_are_atomic_free():
     import inspect
 
-    for kern in (P._fwd_kernel, P._bwd_dx_kernel, P._bwd_dp_kernel):
+    for kern in (_kernels._fwd_kernel, _kernels._bwd_dx_kernel, _kernels._bwd_dp_kernel):
         assert "atomic" not in inspect.getsource(kern.fn).replace("no atomics", "")
 
 
@@ -251,7 +270,7 @@ def test_triton_deterministic_over_row_splits(mode, device, monkeypatch):
     x, c, t, T = _inputs(200, 20, 24, *mode, seed=5)
     to = (lambda a: a.to(device) if isinstance(a, torch.Tensor) else a)
     cfg = P._config(20, 24, torch.float32, mode[0] == "soft", "interpreter")
-    splits, _ = P._dp_splits(200, 20, 24, cfg, torch.device(device))
+    splits, _ = _launch._dp_splits(200, 20, 24, cfg, torch.device(device))
     assert splits > 1
     first = _run(op, to(x), to(c), to(t), to(T), torch.float32, impl="triton")
     second = _run(op, to(x), to(c), to(t), to(T), torch.float32, impl="triton")
@@ -262,7 +281,7 @@ def test_triton_deterministic_over_row_splits(mode, device, monkeypatch):
     for name, o, r, tr in zip(["loss", "dx", "dprototypes"], first, want, truth):
         assert_close_to_truth(o.cpu(), r, tr, torch.float32, name=name)
     # the memory cap on the partial buffers: one split, the same gradient up to rounding
-    monkeypatch.setattr(P, "_DP_PARTIALS_BYTES", 1)
-    assert P._dp_splits(200, 20, 24, cfg, torch.device(device))[0] == 1
+    monkeypatch.setattr(_launch, "_DP_PARTIALS_BYTES", 1)
+    assert _launch._dp_splits(200, 20, 24, cfg, torch.device(device))[0] == 1
     one = _run(op, to(x), to(c), to(t), to(T), torch.float32, impl="triton")
     torch.testing.assert_close(one[2], first[2], rtol=1e-5, atol=1e-6)
