@@ -192,10 +192,8 @@ def init_from_env(device: str) -> str:
     return str(dev)
 
 
-def _spawn_worker(r, w, init_file, result_path, error_dir, kwargs):  # pragma: no cover - child
+def _spawn_worker(r, w, init_file, result_path, error_dir, fit, error, kwargs):  # pragma: no cover - child
     import json
-
-    from . import cli
 
     os.environ.update(RANK=str(r), WORLD_SIZE=str(w), LOCAL_RANK=str(r))
     dev = torch.device(kwargs.get("device", "cpu"))
@@ -207,7 +205,7 @@ def _spawn_worker(r, w, init_file, result_path, error_dir, kwargs):  # pragma: n
     dist.init_process_group("nccl" if dev.type == "cuda" else "gloo",
                             init_method=f"file://{init_file}", rank=r, world_size=w)
     try:
-        res = cli.fit(**kwargs)
+        res = fit(**kwargs)
         if r == 0:
             with open(result_path + ".tmp", "w") as f:
                 json.dump(res, f)
@@ -215,7 +213,7 @@ def _spawn_worker(r, w, init_file, result_path, error_dir, kwargs):  # pragma: n
         dist.barrier()
     except BaseException as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        if not isinstance(exc, cli.CLIError):
+        if not isinstance(exc, error):
             msg = f"{type(exc).__name__}: {msg}"
         with open(os.path.join(error_dir, f"{r}.txt"), "w") as f:
             f.write(msg)
@@ -225,23 +223,23 @@ def _spawn_worker(r, w, init_file, result_path, error_dir, kwargs):  # pragma: n
             dist.destroy_process_group()
 
 
-def launch(nproc: int, kwargs: dict) -> dict:
-    """Run ``cli.fit(**kwargs)`` in ``nproc`` spawned processes on one machine (gloo on the
-    CPU, NCCL with one GPU per process on CUDA) and return rank 0's result. Errors come back
-    as :class:`deepclust.cli.CLIError` (one line)."""
+def launch(nproc: int, fit, kwargs: dict, error=RuntimeError) -> dict:
+    """Run ``fit(**kwargs)`` in ``nproc`` spawned processes on one machine (gloo on the CPU,
+    NCCL with one GPU per process on CUDA) and return rank 0's result (a JSON-able dict).
+    ``fit`` must be a module-level function (it is pickled by name); failures come back as
+    ``error`` with one line (the command line passes its ``CLIError``)."""
     import json
     import tempfile
 
     import torch.multiprocessing as mp
-
-    from .cli import CLIError
 
     with tempfile.TemporaryDirectory(prefix="deepclust-nproc-") as d:
         result = os.path.join(d, "result.json")
         errors = os.path.join(d, "errors")
         os.makedirs(errors)
         try:
-            mp.start_processes(_spawn_worker, args=(nproc, os.path.join(d, "init"), result, errors, kwargs),
+            mp.start_processes(_spawn_worker,
+                               args=(nproc, os.path.join(d, "init"), result, errors, fit, error, kwargs),
                                nprocs=nproc, join=True, start_method="spawn")
         except (mp.ProcessExitedException, mp.ProcessRaisedException) as exc:
             msgs = []
@@ -250,14 +248,14 @@ def launch(nproc: int, kwargs: dict) -> dict:
                     msgs.append((name[:-4], f.read().strip()))
             if msgs:
                 r, m = msgs[0]
-                raise CLIError(f"rank {r}: {m}") from None
+                raise error(f"rank {r}: {m}") from None
             # gloo may abort a rank while the group is torn down, after rank 0 wrote the
             # result: a complete result is a success
             if not (isinstance(exc, mp.ProcessExitedException) and exc.signal_name == "SIGABRT"
                     and os.path.exists(result)):
                 line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise CLIError(f"a worker process failed: {line}") from None
+                raise error(f"a worker process failed: {line}") from None
         if not os.path.exists(result):
-            raise CLIError("the worker processes ended without a result")
+            raise error("the worker processes ended without a result")
         with open(result) as f:
             return json.load(f)

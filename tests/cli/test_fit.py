@@ -1,7 +1,5 @@
-"""The command line end to end on tiny data, and its errors."""
+"""``deepclust fit`` end to end on tiny data, and its errors."""
 import json
-import subprocess
-import sys
 
 import pytest
 
@@ -61,12 +59,6 @@ def test_kmeans_on_blobs_json(tmp_path, capsys):
     assert {"acc", "nmi", "ari", "f1", "seconds", "device", "method", "data", "seed"} <= set(res)
     assert res["method"] == "kmeans" and res["data"] == "blobs" and res["device"] == "cpu"
     assert res["acc"] > 0.95  # well-separated blobs
-
-
-def test_console_script_runs():
-    p = subprocess.run([sys.executable, "-m", "deepclust.cli", "fit", "kmeans", "--data", "nope"],
-                       capture_output=True, text=True)
-    assert p.returncode == 2 and "unknown data set" in p.stderr
 
 
 @pytest.mark.data

@@ -3,12 +3,12 @@
 import csv
 import json
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-import deepclust.cli as cli
-from deepclust.cli import main
+from deepclust.cli import _bench, main
 
 
 def _run(args, capsys):
@@ -158,6 +158,17 @@ def test_out_is_a_file(tmp_path, capsys):
 
 def test_bench_folder_missing_is_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(cli, "__file__", str(tmp_path / "site-packages" / "deepclust" / "cli.py"))
+    monkeypatch.setattr(_bench, "__file__",
+                        str(tmp_path / "site-packages" / "deepclust" / "cli" / "_bench.py"))
     rc, _, err = _run(["bench", "--ops", "dec"], capsys)
     assert rc == 2 and "run deepclust bench from the repository root" in err
+
+
+def test_from_another_folder_the_scripts_beside_the_package_are_found(tmp_path, monkeypatch):
+    """An editable install run outside the repository finds bench/ two folders above this
+    module (deepclust/cli/_bench.py)."""
+    monkeypatch.chdir(tmp_path)
+    common, run_all = _bench._import_bench()
+    repo = Path(_bench.__file__).resolve().parents[2]
+    assert Path(common.__file__).resolve() == repo / "bench" / "common.py"
+    assert "dec" in run_all.SCRIPTS
