@@ -57,7 +57,8 @@ OP_SCRIPT = {
 }
 # --dry: one quick interpreted kernel test per op family (about a minute on 2 cores)
 DRY_TEST_FILES = ["tests/ops/test_dec.py", "tests/ops/test_contrastive.py",
-                  "tests/ops/test_swav_ops.py", "tests/ops/test_prototype.py",
+                  "tests/ops/test_sinkhorn_knopp.py", "tests/ops/test_swav.py",
+                  "tests/ops/test_prototype.py",
                   "tests/ops/test_recon.py"]
 DRY_TEST_K = ("(test_dec_loss_small and fp32-triton-1.0-batch_target)"
               " or (test_instance_matches_reference and m2-B13-d19-t0.1-fp32-triton)"
@@ -105,7 +106,7 @@ try:
     if not recon.HAS_EXTENSION:
         info["extension_error"] = repr(recon._EXTENSION_ERROR)
     elif info.get("cuda_available"):
-        info["extension_cuda"] = bool(recon._has_kernel("recon_loss_fwd", torch.device("cuda")))
+        info["extension_cuda"] = bool(recon._has_kernel("recon_loss", torch.device("cuda")))
 except Exception as exc:
     info["deepclust_error"] = repr(exc)
 print("ENV " + json.dumps(info))

@@ -45,8 +45,8 @@ def _codes_fn(provider: str, from_embeddings: bool = False):
             return ot.sinkhorn(a, b, -s, EPS, method="sinkhorn_log", numItermax=N_ITERS, stopThr=0.0)
 
         return pot
-    from deepclust.ops.swav import sinkhorn, sinkhorn_from_embeddings
-    from deepclust.reference.swav import sinkhorn as ref
+    from deepclust.ops.sinkhorn_knopp import sinkhorn, sinkhorn_from_embeddings
+    from deepclust.reference.sinkhorn_knopp import sinkhorn as ref
 
     if provider == "deepclust-triton" and from_embeddings:
         return lambda z, p, s: sinkhorn_from_embeddings(z, p, EPS, N_ITERS, impl="triton")

@@ -74,8 +74,7 @@ def fused_path(op: str, impl: str, device) -> Tuple[Optional[str], str]:
             return "torch", ""
         from ..ops import recon
 
-        kernel = "negative_sampling" if op == "negative_sampling" else "recon_loss_fwd"
-        if not recon._has_kernel(kernel, torch.device(device)):
+        if not recon._has_kernel(op, torch.device(device)):
             why = ("the C++ extension deepclust._C is not built" if not recon.HAS_EXTENSION
                    else f"deepclust._C has no {torch.device(device).type} kernel")
             return None, why

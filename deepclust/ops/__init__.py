@@ -9,8 +9,8 @@ _EXPORTS = {
     "dec_loss": "dec",
     "hard_assign": "dec",
     # Sinkhorn-Knopp and SwAV's swapped prediction
-    "sinkhorn": "swav",
-    "sinkhorn_from_embeddings": "swav",
+    "sinkhorn": "sinkhorn_knopp",
+    "sinkhorn_from_embeddings": "sinkhorn_knopp",
     "swav_loss": "swav",
     # contrastive log-softmax without the N x N matrix
     "instance_contrastive_loss": "contrastive",

@@ -75,13 +75,8 @@ _KERNELS = {
     for op in ("negative_sampling", "recon_loss")
     for dev, key in (("cpu", "CPU"), ("cuda", "CUDA"))
 }
-# The forward op's name before the one naming: deepclust/check/_select.py and bench/gpu_check.py
-# still ask for it. Remove once they pass "recon_loss".
-_OLD_NAMES = {"recon_loss_fwd": "recon_loss"}
-
-
 def _has_kernel(op: str, device: torch.device) -> bool:
-    return _KERNELS.get((_OLD_NAMES.get(op, op), device.type), False)
+    return _KERNELS.get((op, device.type), False)
 
 
 # ----------------------------------------------------------------------------- eager torch path

@@ -1,14 +1,27 @@
 """Eager PyTorch references: same names and signatures as :mod:`deepclust.ops`, faithful to the
-published methods. They are the CPU fallback and the ground truth of the equivalence tests."""
-from .._lazy import lazy_exports
+published methods: the ground truth of the equivalence tests. Production code never imports
+them (each op has an eager path of its own).
+
+The references are leaves (torch and :mod:`deepclust._common` only), so this package imports
+them eagerly rather than through :mod:`deepclust._lazy`. ``_EXPORTS`` names each one's module,
+the twin of :data:`deepclust.ops._EXPORTS`.
+"""
+from .contrastive import cluster_contrastive_loss, instance_contrastive_loss
+from .dec import dec_loss, hard_assign, soft_assign, target_distribution
+from .pcl import cluster_concentration, info_nce_loss, proto_nce_loss
+from .prototype import prototype_cross_entropy
+from .recon import negative_sampling, recon_loss
+from .sinkhorn_knopp import sinkhorn, sinkhorn_from_embeddings
+from .swav import swav_loss
+from .tsd import select_supports, topk_cluster_loss, tsd_prototype_loss
 
 _EXPORTS = {
     "soft_assign": "dec",
     "target_distribution": "dec",
     "dec_loss": "dec",
     "hard_assign": "dec",
-    "sinkhorn": "swav",
-    "sinkhorn_from_embeddings": "swav",
+    "sinkhorn": "sinkhorn_knopp",
+    "sinkhorn_from_embeddings": "sinkhorn_knopp",
     "swav_loss": "swav",
     "instance_contrastive_loss": "contrastive",
     "cluster_contrastive_loss": "contrastive",
@@ -24,4 +37,10 @@ _EXPORTS = {
     "tsd_prototype_loss": "tsd",
     "topk_cluster_loss": "tsd",
 }
-__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)
+__all__ = [
+    "cluster_concentration", "cluster_contrastive_loss", "dec_loss", "hard_assign",
+    "info_nce_loss", "instance_contrastive_loss", "negative_sampling", "proto_nce_loss",
+    "prototype_cross_entropy", "recon_loss", "select_supports", "sinkhorn",
+    "sinkhorn_from_embeddings", "soft_assign", "swav_loss", "target_distribution",
+    "topk_cluster_loss", "tsd_prototype_loss",
+]

@@ -11,7 +11,7 @@ PYTEST_TAIL = """\
 =========================== short test summary info ============================
 SKIPPED [1] tests/ops/test_dec.py:12: needs a CUDA device
 FAILED tests/ops/test_dec.py::test_dec_loss_small[bf16-triton-1.0-batch_target] - AssertionError
-ERROR tests/ops/test_swav_ops.py::test_opcheck[triton] - RuntimeError: boom
+ERROR tests/ops/test_swav.py::test_opcheck[triton] - RuntimeError: boom
 1 failed, 4 passed, 1 skipped, 308 deselected, 1 error in 12.34s
 """
 
@@ -19,7 +19,7 @@ JUNIT = """<?xml version="1.0" encoding="utf-8"?>
 <testsuites><testsuite name="pytest" errors="1" failures="1" skipped="1" tests="5">
 <testcase classname="tests.ops.test_dec" name="test_a[fp32]" time="0.1"/>
 <testcase classname="tests.ops.test_dec" name="test_b[bf16]" time="0.1"><failure message="x">x</failure></testcase>
-<testcase classname="tests.ops.test_swav_ops" name="test_c" time="0.1"><error message="y">y</error></testcase>
+<testcase classname="tests.ops.test_swav" name="test_c" time="0.1"><error message="y">y</error></testcase>
 <testcase classname="tests.ops.test_dec" name="test_d" time="0.0"><skipped message="z">z</skipped></testcase>
 <testcase classname="tests.ops.test_dec" name="test_e" time="0.1"/>
 </testsuite></testsuites>
@@ -34,7 +34,7 @@ def test_parse_pytest_output():
     got = gc.parse_pytest_output(PYTEST_TAIL)
     assert got["counts"] == {"failed": 1, "passed": 4, "skipped": 1, "deselected": 308, "errors": 1}
     assert got["failing"] == ["tests/ops/test_dec.py::test_dec_loss_small[bf16-triton-1.0-batch_target]",
-                              "tests/ops/test_swav_ops.py::test_opcheck[triton]"]
+                              "tests/ops/test_swav.py::test_opcheck[triton]"]
 
 
 def test_parse_junit(tmp_path):
@@ -42,7 +42,7 @@ def test_parse_junit(tmp_path):
     p.write_text(JUNIT)
     got = gc.parse_junit(p)
     assert got["counts"] == {"passed": 2, "failed": 1, "errors": 1, "skipped": 1}
-    assert got["failing"] == ["tests/ops/test_dec.py::test_b[bf16]", "tests/ops/test_swav_ops.py::test_c"]
+    assert got["failing"] == ["tests/ops/test_dec.py::test_b[bf16]", "tests/ops/test_swav.py::test_c"]
     merged = gc.tests_result({"output": PYTEST_TAIL}, p)
     assert merged["source"] == "junit" and merged["counts"]["deselected"] == 308
 
@@ -96,7 +96,7 @@ def test_write_summary_on_a_fake_result(tmp_path):
     assert "CUDA kernels: yes" in md
     assert "| tests | failed | 150.0 | 1 | passed 300, failed 1 |" in md
     assert "passed 4, failed 1, errors 1, skipped 1, deselected 308" in md
-    assert "- `tests/ops/test_swav_ops.py::test_opcheck[triton]`" in md
+    assert "- `tests/ops/test_swav.py::test_opcheck[triton]`" in md
     assert ("| dec_loss | deepclust-triton | full | K=64,N=1048576,d=64 | bfloat16 | 1.2345 | "
             "12.0000 | ok |") in md
     assert "| error: RuntimeError: expected Float \\| got BFloat16 |" in md

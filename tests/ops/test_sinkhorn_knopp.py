@@ -1,13 +1,15 @@
-"""Fused Sinkhorn-Knopp and SwAV loss against the reference and the float64 published formula."""
+"""Fused Sinkhorn-Knopp codes against the reference and the float64 published formula."""
 import inspect
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-import deepclust.ops.swav as ops_sk
-import deepclust.reference.swav as ref_sk
-from deepclust.ops.swav import sinkhorn, sinkhorn_from_embeddings, swav_loss
+import deepclust.reference.sinkhorn_knopp as ref_sk
+import deepclust.reference.swav as ref_swav
+from deepclust.ops import _plumbing
+from deepclust.ops.sinkhorn_knopp import _eager, _kernels, _launch, sinkhorn, sinkhorn_from_embeddings
+from deepclust.ops.swav import swav_loss
 from tests.helpers import DEVICE, DTYPE_IDS, DTYPES, assert_close_to_truth, run_distributed
 
 IMPLS = ["torch", "triton"]
@@ -16,9 +18,7 @@ IMPLS = ["torch", "triton"]
 @pytest.fixture(autouse=True)
 def _nan_outputs(monkeypatch):
     """Every kernel output starts as NaN: an element a kernel forgets to write fails the test."""
-    def nan_empty(shape, **kw):
-        return torch.full(shape, float("nan"), **kw)
-    monkeypatch.setattr(ops_sk, "_empty", nan_empty)
+    monkeypatch.setattr(_plumbing, "POISON_OUTPUTS", True)
 
 
 def seed_sinkhorn(out, eps, n_iters=3, world=1):
@@ -99,85 +99,42 @@ def test_log_domain_survives_rows_that_underflow(impl, device):
     torch.testing.assert_close(out.double().cpu(), truth, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("path", ["linear", "log"])
 @pytest.mark.parametrize("eps", [0.02, 0.05])
-def test_torch_path_linear_and_log_domain_agree(monkeypatch, path, eps):
-    """The torch path's linear-domain form (taken when nothing underflows) and its log-domain
-    fallback both give the float64 codes; the mass threshold picks which one runs."""
+def test_torch_path_scaling_vectors_when_nothing_underflows(monkeypatch, eps):
+    """impl="torch" runs the eager path; on benign scores (several row chunks here) that is the
+    scaling-vector form, as close to the float64 codes as the reference."""
     calls = []
-    real_log = ops_sk._sinkhorn_torch_log
-    monkeypatch.setattr(ops_sk, "_sinkhorn_torch_log",
-                        lambda *a, **k: calls.append("log") or real_log(*a, **k))
-    monkeypatch.setattr(ops_sk, "_SAFE_MASS", 0.0 if path == "linear" else float("inf"))
+    real_log = _eager._sinkhorn_log
+    monkeypatch.setattr(_eager, "row_chunks", lambda n, w: [(0, 50), (50, 100), (100, n)])
+    monkeypatch.setattr(_eager, "_sinkhorn_log", lambda *a, **k: calls.append("log") or real_log(*a, **k))
     scores = torch.randn(129, 70) * 0.3
     truth = seed_sinkhorn(scores.double(), eps)
     out = sinkhorn(scores, eps=eps, impl="torch")
-    assert calls == ([] if path == "linear" else ["log"])
+    assert calls == []
     assert_close_to_truth(out, ref_sk.sinkhorn(scores, eps=eps), truth, torch.float32, name="codes")
 
 
-def test_torch_path_falls_back_when_a_row_underflows():
+@pytest.mark.parametrize("eps", [0.02, 0.05])
+def test_log_domain_passes_match_truth(monkeypatch, eps):
+    """The log-domain passes alone (the fallback), over several row chunks."""
+    monkeypatch.setattr(_eager, "row_chunks", lambda n, w: [(0, 50), (50, 100), (100, n)])
+    scores = torch.randn(129, 70) * 0.3
+    truth = seed_sinkhorn(scores.double(), eps)
+    out = _eager._sinkhorn_log(_eager.Source(scores=scores), eps, 3)
+    assert_close_to_truth(out, ref_sk.sinkhorn(scores, eps=eps), truth, torch.float32, name="codes")
+
+
+def test_torch_path_falls_back_where_a_row_underflows(monkeypatch):
+    """A row that underflows exp((S - max S) / eps) in fp32 (eps 0.01) sends the eager path to
+    the log-domain passes, which give the float64 codes; a benign case (eps 0.5) does not."""
     scores = torch.tensor([[1.0, 0.9, 0.95], [-1.0, -0.98, -0.99], [0.2, 0.1, 0.3]])
-    assert ops_sk._sinkhorn_torch_linear(ops_sk._Source(scores=scores), 0.01, 3) is None
-    assert ops_sk._sinkhorn_torch_linear(ops_sk._Source(scores=scores), 0.5, 3) is not None
-
-
-CROP_CASES = [(37, 5, 3, (0, 1)), (33, 70, 4, (1,)), (17, 130, 2, (0, 1))]
-
-
-@pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("B,K,V,assign", CROP_CASES, ids=[f"{b}x{k}-V{v}" for b, k, v, _ in CROP_CASES])
-def test_swav_loss_values_and_grads(B, K, V, assign, dtype, impl, device):
-    base = [(unit(B, 12) @ unit(K, 12).t()) for _ in range(V)]
-    crops = [b.to(device=device, dtype=dtype).requires_grad_() for b in base]
-    loss = swav_loss(crops, assign, impl=impl)
-    assert loss.dtype == dtype
-    grads = torch.autograd.grad(loss, crops, allow_unused=True, materialize_grads=True)
-    rcrops = [c.detach().clone().requires_grad_() for c in crops]
-    rloss = ref_sk.swav_loss(rcrops, assign)
-    rgrads = torch.autograd.grad(rloss, rcrops, allow_unused=True, materialize_grads=True)
-    tcrops = [c.detach().double().cpu().requires_grad_() for c in crops]
-    tloss = ref_sk.swav_loss(tcrops, assign)
-    tgrads = torch.autograd.grad(tloss, tcrops, allow_unused=True, materialize_grads=True)
-    assert_close_to_truth(loss.float().cpu().reshape(1), rloss.float().cpu().reshape(1),
-                          tloss.reshape(1), dtype, "loss")
-    for i, (g, r, t) in enumerate(zip(grads, rgrads, tgrads)):
-        assert_close_to_truth(g.cpu(), r.cpu(), t, dtype, f"grad[{i}]")
-
-
-@pytest.mark.parametrize("impl", IMPLS)
-def test_swav_loss_stacked_input_and_queue(impl, device):
-    x = (torch.randn(3, 21, 9, device=device) * 0.3).requires_grad_()
-    queue = [torch.randn(14, 9, device=device) * 0.3, None]
-    loss = swav_loss(x, (0, 2), queue_scores=queue, impl=impl)
-    (g,) = torch.autograd.grad(loss, x)
-    xr = x.detach().double().requires_grad_()
-    rloss = ref_sk.swav_loss(list(xr), (0, 2), queue_scores=[queue[0].double(), None])
-    (gr,) = torch.autograd.grad(rloss, xr)
-    torch.testing.assert_close(loss.double(), rloss, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(g.double(), gr, atol=1e-6, rtol=1e-4)
-
-
-def test_opcheck_and_compile(device):
-    s = torch.randn(37, 5, device=device) * 0.3
-    z, p = unit(37, 19).to(device), unit(5, 19).to(device)
-    torch.library.opcheck(ops_sk._sinkhorn_scores_op, (s, 0.05, 3))
-    torch.library.opcheck(ops_sk._sinkhorn_embeddings_op, (z, p, 0.05, 3))
-    x = (torch.randn(3, 37, 5, device=device) * 0.3).requires_grad_()
-    q = torch.stack([sinkhorn(s), sinkhorn(s * 2)])
-    w = torch.rand(3, 2, device=device) / 37
-    torch.library.opcheck(ops_sk._swav_ce_op, (x, q, w, 10.0))
-
-    def f(x):
-        return swav_loss(x, (0, 1), impl="triton")
-    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
-    lc = compiled(x)
-    (gc,) = torch.autograd.grad(lc, x)
-    le = f(x)
-    (ge,) = torch.autograd.grad(le, x)
-    torch.testing.assert_close(lc, le)
-    torch.testing.assert_close(gc, ge)
+    src = _eager.Source(scores=scores)
+    assert _eager._sinkhorn_linear(src, 0.01, 3) is None
+    assert _eager._sinkhorn_linear(src, 0.5, 3) is not None
+    for eps in (0.01, 0.5):
+        out = _eager.sinkhorn_eager(src, eps, 3)
+        torch.testing.assert_close(out.double(), seed_sinkhorn(scores.double(), eps),
+                                   atol=1e-5, rtol=1e-4)
 
 
 def test_bad_inputs(device):
@@ -194,14 +151,50 @@ def test_bad_inputs(device):
         sinkhorn(s, impl="cuda")
     with pytest.raises(ValueError, match="prototypes"):
         sinkhorn_from_embeddings(torch.randn(5, 3), torch.randn(4, 2))
-    with pytest.raises(ValueError, match="crops_for_assign"):
-        swav_loss([s, s], crops_for_assign=(2,))
-    with pytest.raises(ValueError, match="crop_scores"):
-        swav_loss([s, torch.randn(5, 3, device=device)])
-    with pytest.raises(ValueError, match="crop_scores"):
-        swav_loss(torch.randn(2, 3, device=device))
-    with pytest.raises(ValueError, match="n_iters"):
-        swav_loss([s, s], n_iters=0)
+    with pytest.raises(TypeError, match="z"):
+        sinkhorn_from_embeddings(torch.randn(5, 3, dtype=torch.float64, device=device),
+                                 torch.randn(4, 3, device=device), impl="triton")
+
+
+# ----------------------------------------------------------------------------- torch.library
+@pytest.mark.parametrize("impl", IMPLS)
+def test_opcheck(impl, device):
+    s = torch.randn(37, 5, device=device) * 0.3
+    z, p = unit(37, 19).to(device), unit(5, 19).to(device)
+    torch.library.opcheck(torch.ops.deepclust.sinkhorn_scores.default, (s, 0.05, 3, impl))
+    torch.library.opcheck(torch.ops.deepclust.sinkhorn_embeddings.default, (z, p, 0.05, 3, impl))
+    if impl == "torch":  # float64 stays float64
+        torch.library.opcheck(torch.ops.deepclust.sinkhorn_scores.default,
+                              (s.double(), 0.05, 3, impl))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_torch_compile_fullgraph(impl, device):
+    s = torch.randn(37, 5, device=device) * 0.3
+    z, p = unit(37, 19).to(device), unit(5, 19).to(device)
+
+    def f(s, z, p):
+        return sinkhorn(s, impl=impl), sinkhorn_from_embeddings(z, p, eps=0.03, impl=impl)
+    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
+    for got, want in zip(compiled(s, z, p), f(s, z, p)):
+        torch.testing.assert_close(got, want)
+
+
+def test_cpu_bf16_autocast():
+    """Under CPU bf16 autocast, bf16 scores (or bf16 z with fp32 prototypes) run the fp32 op on
+    the up-cast inputs."""
+    s = torch.randn(37, 5) * 0.3
+    z, p = unit(37, 19), unit(5, 19)
+    sb, zb = s.bfloat16(), z.bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        codes = sinkhorn(sb)
+        codes_emb = sinkhorn_from_embeddings(zb, p)
+    assert codes.dtype == torch.float32 and codes_emb.dtype == torch.float32
+    torch.testing.assert_close(codes, sinkhorn(sb.float()), atol=0, rtol=0)
+    torch.testing.assert_close(codes_emb, sinkhorn_from_embeddings(zb.float(), p), atol=0, rtol=0)
+    # without autocast, fp32 prototypes are cast to bf16 z's dtype (the behaviour of before)
+    torch.testing.assert_close(sinkhorn_from_embeddings(zb, p),
+                               sinkhorn_from_embeddings(zb, p.bfloat16()), atol=0, rtol=0)
 
 
 # ----------------------------------------------------------------------------- configs, determinism
@@ -216,8 +209,8 @@ def test_interpreter_runs_the_gpu_configuration(dtype):
     """The interpreter runs the tiles, warps, stages and column-pass split that a GPU runs; the
     one documented difference is the bf16 dot, upcast to fp32 in the interpreter."""
     for B, K, d in CONFIG_SHAPES:
-        gpu = ops_sk._sinkhorn_config(B, K, d, dtype, "cuda")
-        cpu = ops_sk._sinkhorn_config(B, K, d, dtype, "interpreter")
+        gpu = _launch._sinkhorn_config(B, K, d, dtype, "cuda")
+        cpu = _launch._sinkhorn_config(B, K, d, dtype, "interpreter")
         upcast = dtype == torch.bfloat16 and d > 0
         assert cpu.dot_precision == ("upcast" if upcast else gpu.dot_precision)
         assert gpu.dot_precision != "upcast"
@@ -227,45 +220,39 @@ def test_interpreter_runs_the_gpu_configuration(dtype):
         assert gpu.rows_per_prog % gpu.block_b == 0
         assert (gpu.n_chunks - 1) * gpu.rows_per_prog < B <= gpu.n_chunks * gpu.rows_per_prog
         assert gpu.dot_precision == ("ieee" if dtype == torch.float32 else "tf32")
-        assert ops_sk._swav_ce_config(K, dtype, "cuda") == ops_sk._swav_ce_config(K, dtype, "interpreter")
 
 
 def test_kernels_use_no_atomics():
     """Every cross-program reduction goes through a partials buffer that torch reduces in a
-    fixed order (column partials of Sinkhorn, per-row losses): no atomic in any kernel."""
-    kernels = [ops_sk._sk_col_pass_kernel, ops_sk._sk_row_pass_kernel, ops_sk._score_tile,
-               ops_sk._swav_ce_fwd_kernel, ops_sk._swav_ce_bwd_kernel, ops_sk._scores_and_targets]
-    for k in kernels:
+    fixed order (the column partials): no atomic in any kernel."""
+    for k in (_kernels._sk_col_pass_kernel, _kernels._sk_row_pass_kernel, _kernels._score_tile):
         assert "atomic" not in inspect.getsource(k.fn), k.fn.__name__
-    assert "tl.atomic" not in inspect.getsource(ops_sk)
+    assert "tl.atomic" not in inspect.getsource(_kernels)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_bitwise_deterministic(dtype, device):
-    """Twice the same inputs: bitwise the same codes, loss and gradient (several column-pass
-    chunks and K tiles, so the partials combine)."""
+    """Twice the same inputs: bitwise the same codes (several column-pass chunks and K tiles,
+    so the partials combine)."""
     z, p = unit(133, 40).to(device=device, dtype=dtype), unit(70, 40).to(device=device, dtype=dtype)
-    assert ops_sk._sinkhorn_config(133, 70, 40, dtype, "cuda").n_chunks > 1
+    assert _launch._sinkhorn_config(133, 70, 40, dtype, "cuda").n_chunks > 1
     s = z @ p.t()
-    x = torch.stack([s, s.flip(0), s * 0.5]).detach()
 
     def run():
-        xr = x.clone().requires_grad_()
-        loss = swav_loss(xr, (0, 1), impl="triton")
-        (g,) = torch.autograd.grad(loss, xr)
-        return (sinkhorn(s, impl="triton"), sinkhorn_from_embeddings(z, p, impl="triton"),
-                loss, g)
+        return sinkhorn(s, impl="triton"), sinkhorn_from_embeddings(z, p, impl="triton")
 
     for a, b in zip(run(), run()):
         assert torch.equal(a, b)
 
 
 # ----------------------------------------------------------------------------- distributed
+# One spawn checks the references and both paths of sinkhorn, sinkhorn_from_embeddings and
+# swav_loss over two processes (the loss's Sinkhorn is where its all-reduces are).
 def _dist_worker(rank, world, scores, z, p, crops):
     B = scores.shape[0] // world
     sl = slice(rank * B, (rank + 1) * B)
     out = {"reference": ref_sk.sinkhorn(scores[sl], eps=0.03),
-           "reference_loss": ref_sk.swav_loss([c[sl] for c in crops], (0, 1))}
+           "reference_loss": ref_swav.swav_loss([c[sl] for c in crops], (0, 1))}
     scores, z, p = scores.to(DEVICE), z.to(DEVICE), p.to(DEVICE)
     for impl in IMPLS:
         out[impl] = sinkhorn(scores[sl], eps=0.03, impl=impl).cpu()
@@ -286,7 +273,7 @@ def test_distributed_two_processes_equal_one_on_concatenated_batch(device):
     res = run_distributed(_dist_worker, scores, z, p, crops, interpret=True)
     single = ref_sk.sinkhorn(scores, eps=0.03)
     single_emb = ref_sk.sinkhorn_from_embeddings(z, p, eps=0.03)
-    single_loss = ref_sk.swav_loss(crops, (0, 1))
+    single_loss = ref_swav.swav_loss(crops, (0, 1))
     assert not torch.allclose(res[0]["reference"], ref_sk.sinkhorn(scores[:19], eps=0.03), atol=1e-4)
     for key in ("reference", "torch", "triton"):
         torch.testing.assert_close(torch.cat([r[key] for r in res]), single, atol=2e-6, rtol=1e-5)
@@ -296,7 +283,7 @@ def test_distributed_two_processes_equal_one_on_concatenated_batch(device):
         torch.testing.assert_close(torch.cat([r[impl + "_emb"] for r in res]), single_emb, atol=2e-6, rtol=1e-5)
         # local mean per rank: (grad of rank r) / 2 are the rows of the whole-batch gradient
         cr = [c.clone().requires_grad_() for c in crops]
-        gs = torch.autograd.grad(ref_sk.swav_loss(cr, (0, 1)), cr)
+        gs = torch.autograd.grad(ref_swav.swav_loss(cr, (0, 1)), cr)
         for v in range(3):
             got = torch.cat([res[0][impl + "_grad"][v], res[1][impl + "_grad"][v]]) / 2
             torch.testing.assert_close(got, gs[v], atol=1e-6, rtol=1e-4)
