@@ -59,11 +59,11 @@ def multi_crop(x: torch.Tensor, n_global=2, n_local=2, generator=None) -> List[t
 
 
 def random_affine(x: torch.Tensor, max_rot: float, scale: tuple, max_shift: float, max_shear: float,
-            g: torch.Generator) -> torch.Tensor:
+                  g: torch.Generator) -> torch.Tensor:
     """Random rotation (degrees), zoom, shear and translation (fraction of the size) per image,
     by ``affine_grid``/``grid_sample``; zeros outside."""
     b = x.shape[0]
-    u = lambda lo, hi: lo + (hi - lo) * torch.rand(b, generator=g, device=x.device)  # noqa: E731
+    u = lambda lo, hi: lo + (hi - lo) * torch.rand(b, generator=g, device=x.device, dtype=x.dtype)  # noqa: E731
     ang = u(-max_rot, max_rot) * math.pi / 180
     sh = u(-max_shear, max_shear)
     s = 1.0 / u(*scale)  # the grid maps output to input: zoom in = sample a smaller area

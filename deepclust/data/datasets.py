@@ -130,8 +130,8 @@ IMAGE_DATASETS = ("digits", "usps", "mnist-test")
 
 def load(name: str, root=None) -> Dataset:
     """Load a data set by name: embedded/synthetic (``digits``, ``blobs``, ``sbm``) or from
-    ``root`` laid out as ``../shared/data`` (``cora``, ``citeseer``, ``amap``, ``acm``, ``dblp``,
-    ``wiki``, ``usps``, ``mnist-test``, ``pendigits``).
+    ``root`` laid out as :mod:`deepclust.data.loaders` describes (``cora``, ``citeseer``,
+    ``amap``, ``acm``, ``dblp``, ``wiki``, ``usps``, ``mnist-test``, ``pendigits``).
 
     Raises:
         ValueError: unknown name, or a file data set without ``root``.

@@ -1,7 +1,8 @@
 """Loaders of the standard deep-clustering benchmarks from a local folder.
 
-The folder is laid out like ``../shared/data`` (see its README): ``planetoid/{Cora,CiteSeer}/raw``,
-``amazon/Photo/raw``, ``sdcn``, ``wiki``, ``usps``, ``mnist``, ``pendigits``. Nothing is
+The folder holds one sub-folder a source: ``planetoid/{Cora,CiteSeer}/raw``,
+``amazon/Photo/raw``, ``sdcn``, ``wiki``, ``usps``, ``mnist``, ``pendigits`` (the files each
+loader reads are named in its docstring). Nothing is
 downloaded and nothing is written under the root (it may be read-only): graph files are parsed
 with PyG's own readers (``read_planetoid_data``, ``read_npz``), the rest with numpy/scipy/h5py.
 A missing file raises ``FileNotFoundError`` naming its path.

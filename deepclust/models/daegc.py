@@ -9,6 +9,8 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from ..data.graph import maybe_sparse, prepare_features, proximity_graph
+from ..nn.gat import GATEncoder, ProximityGATConv
 from .base import LossOutput
 
 __all__ = ["DAEGC", "GATEncoder", "ProximityGATConv", "proximity_graph", "train_daegc", "cli_fit"]
@@ -17,142 +19,6 @@ __all__ = ["DAEGC", "GATEncoder", "ProximityGATConv", "proximity_graph", "train_
 def _recon_impl(impl: str) -> str:
     # The recon op's fused path is C++/CUDA: any non-"torch" choice means "use it when built".
     return "torch" if impl == "torch" else "auto"
-
-
-class ProximityGATConv(nn.Module):
-    r"""DAEGC's graph attention layer: attention logits scaled by the t-order proximity.
-
-    .. math::
-        e_{ij} = \mathrm{LeakyReLU}\big(M_{ij}\,(a_s^\top W x_i + a_n^\top W x_j)\big),\quad
-        h_i = \sum_{j \in \mathcal N(i)} \mathrm{softmax}_j(e_{ij})\, W x_j,
-
-    the softmax over the in-neighbours ``j`` of ``i`` (edges ``j -> i`` of ``edge_index``),
-    ``M_ij`` the edge weight (1 when no weight is given). Built from PyG's scatter softmax
-    (:func:`torch_geometric.utils.softmax`); self-loops are added (weight 1) where missing.
-
-    Args:
-        in_channels, out_channels: feature sizes.
-        negative_slope: LeakyReLU slope (DAEGC: 0.2).
-        add_self_loops: add the missing self-loops (default True).
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, negative_slope: float = 0.2,
-                 add_self_loops: bool = True):
-        super().__init__()
-        self.lin = nn.Linear(in_channels, out_channels, bias=False)
-        self.att_self = nn.Parameter(torch.empty(out_channels, 1))
-        self.att_neigh = nn.Parameter(torch.empty(out_channels, 1))
-        self.negative_slope = negative_slope
-        self.add_self_loops = add_self_loops
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        nn.init.xavier_uniform_(self.lin.weight, gain=1.414)
-        nn.init.xavier_uniform_(self.att_self, gain=1.414)
-        nn.init.xavier_uniform_(self.att_neigh, gain=1.414)
-
-    def forward(self, x: Tensor, edge_index: Tensor, edge_weight: Optional[Tensor] = None) -> Tensor:
-        from torch_geometric.utils import add_remaining_self_loops, softmax
-
-        n = x.shape[0]
-        if self.add_self_loops:
-            edge_index, edge_weight = add_remaining_self_loops(edge_index, edge_weight, 1.0, n)
-        # sparse inputs (bag-of-words features): sparse @ dense, ~6x faster than dense on Cora
-        h = self.lin(x) if x.layout == torch.strided else torch.sparse.mm(x, self.lin.weight.t())
-        src, dst = edge_index[0], edge_index[1]
-        logit = (h @ self.att_self).squeeze(1)[dst] + (h @ self.att_neigh).squeeze(1)[src]
-        if edge_weight is not None:
-            logit = logit * edge_weight.to(logit.dtype)
-        logit = torch.nn.functional.leaky_relu(logit, self.negative_slope)
-        alpha = softmax(logit, dst, num_nodes=n)
-        out = torch.zeros_like(h).index_add_(0, dst, h[src] * alpha.unsqueeze(1))
-        return out
-
-
-def proximity_graph(edge_index: Tensor, num_nodes: int, t: int = 2, hops: int = 1):
-    r"""DAEGC's t-order proximity on the graph's edges.
-
-    ``B`` is the row-normalised ``A + I``, ``T`` its column normalisation and
-    ``M = (T + T^2 + ... + T^t) / t`` (DAEGC's code). Returns ``(edge_index, M_ij)`` on the
-    support of ``(A + I)^hops`` (``hops=1``: DAEGC's attention mask, the graph plus self-loops),
-    edge ``j -> i`` carrying ``M[i, j]``.
-    """
-    import numpy as np
-    import scipy.sparse as sp
-
-    ei = edge_index.cpu().numpy()
-    a = sp.coo_matrix((np.ones(ei.shape[1]), (ei[0], ei[1])), shape=(num_nodes, num_nodes)).tocsr()
-    a.data[:] = 1.0
-    a = (a + sp.eye(num_nodes, format="csr")).tocsr()
-    a.data[:] = 1.0
-    b = sp.diags(1.0 / np.asarray(a.sum(1)).ravel()) @ a
-    tr = (b @ sp.diags(1.0 / np.asarray(b.sum(0)).ravel())).tocsr()
-    m, p = tr.copy(), tr.copy()
-    for _ in range(t - 1):
-        p = (p @ tr).tocsr()
-        m = m + p
-    m = (m / t).tocsr()
-    support = a.copy()
-    for _ in range(hops - 1):
-        support = (support @ a).tocsr()
-        support.data[:] = 1.0
-    support = support.tocoo()
-    w = np.asarray(m[support.row, support.col]).ravel()
-    # M[i, j] weights the message j -> i: source = column j, target = row i
-    out_ei = torch.as_tensor(np.stack([support.col, support.row]), dtype=torch.long)
-    return out_ei.to(edge_index.device), torch.as_tensor(w, dtype=torch.float32, device=edge_index.device)
-
-
-class GATEncoder(nn.Module):
-    """Graph attention encoder: two attention layers ``in -> hidden -> out`` (ELU between)
-    and, by default, L2-normalised rows, as in DAEGC's official code.
-
-    ``conv="daegc"`` (default) uses :class:`ProximityGATConv`, DAEGC's layer, whose attention
-    logits are scaled by an edge weight: pass ``edge_weight`` = the t-order proximity ``M`` of
-    :func:`proximity_graph` (without it every weight is 1). ``conv="pyg"`` uses PyG's
-    ``GATConv`` (with ``heads``/``dropout``) and ignores ``edge_weight``.
-
-    Args:
-        in_channels: input feature size.
-        hidden_channels: hidden size (DAEGC: 256).
-        out_channels: embedding size (DAEGC: 16).
-        heads: attention heads of the first PyG layer (concatenated); the output layer has one.
-        negative_slope: LeakyReLU slope of the attention (DAEGC: 0.2).
-        dropout: attention dropout of the PyG layers (default 0).
-        normalize: L2-normalise the embeddings (default True).
-        conv: ``"daegc"`` or ``"pyg"``.
-    """
-
-    def __init__(self, in_channels: int, hidden_channels: int = 256, out_channels: int = 16,
-                 heads: int = 1, negative_slope: float = 0.2, dropout: float = 0.0,
-                 normalize: bool = True, conv: str = "daegc"):
-        super().__init__()
-        if conv == "daegc":
-            self.conv1 = ProximityGATConv(in_channels, hidden_channels, negative_slope)
-            self.conv2 = ProximityGATConv(hidden_channels, out_channels, negative_slope)
-        elif conv == "pyg":
-            from torch_geometric.nn import GATConv
-
-            self.conv1 = GATConv(in_channels, hidden_channels, heads=heads,
-                                 negative_slope=negative_slope, dropout=dropout)
-            self.conv2 = GATConv(hidden_channels * heads, out_channels, heads=1,
-                                 negative_slope=negative_slope, dropout=dropout)
-        else:
-            raise ValueError(f"conv must be 'daegc' or 'pyg', got {conv!r}")
-        self.conv = conv
-        self.normalize = normalize
-
-    def reset_parameters(self) -> None:
-        self.conv1.reset_parameters()
-        self.conv2.reset_parameters()
-
-    def forward(self, x: Tensor, edge_index: Tensor, edge_weight: Optional[Tensor] = None) -> Tensor:
-        kw = {"edge_weight": edge_weight} if self.conv == "daegc" else {}
-        h = torch.nn.functional.elu(self.conv1(x, edge_index, **kw))
-        z = self.conv2(h, edge_index, **kw)
-        if self.conv == "daegc":
-            z = torch.nn.functional.elu(z)
-        return torch.nn.functional.normalize(z, p=2, dim=1) if self.normalize else z
 
 
 class DAEGC(nn.Module):
@@ -288,24 +154,6 @@ def _kmeans_centers(z: Tensor, k: int, seed: int, impl: str) -> Tensor:
     return kmeans(z, k, n_init=20, seed=seed, impl=impl).centers
 
 
-def _prep_features(x: Tensor) -> Tensor:
-    """Row-normalise non-negative features (bag-of-words sets); standardise the others."""
-    if float(x.min()) >= 0:
-        return x / x.sum(1, keepdim=True).clamp_min(1e-12)
-    return (x - x.mean(0)) / x.std(0).clamp_min(1e-8)
-
-
-def _maybe_sparse(x: Tensor) -> Tensor:
-    """CSR copy of a mostly-zero feature matrix (faster first layer), else ``x``."""
-    import warnings
-
-    if float((x != 0).float().mean()) > 0.1:
-        return x
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
-        return x.to_sparse_csr()
-
-
 def train_daegc(data, *, seed: int = 0, device="cpu", pretrain_epochs: int = 30,
                 epochs: int = 200, lr: float = 5e-3, lr_train: float = 1e-4,
                 weight_decay: float = 5e-3, hidden: int = 256, embedding: int = 16,
@@ -328,12 +176,8 @@ def train_daegc(data, *, seed: int = 0, device="cpu", pretrain_epochs: int = 30,
     argmin of the distance to the centres (``predict="head"``; ``"kmeans"``: k-means on the
     final embeddings). ``conv="pyg"`` uses PyG's ``GATConv`` on the plain graph instead.
 
-    Measured on Cora (CPU, one thread, seeds 0-4, via ``deepclust fit daegc``): ACC
-    0.688 +- 0.016 (0.671 / 0.713 / 0.693 / 0.669 / 0.692), NMI 0.521 +- 0.013, ARI
-    0.465 +- 0.020, 19-24 s a run (paper: 70.4 / 52.8 / 49.6). ``predict="kmeans"`` gave
-    ACC 0.688 as well; the previous recipe (PyG ``GATConv`` on ``A`` without ``M``, 50 + 150
-    epochs) gave 0.688 / 0.562 / 0.500 on seeds 0-2; ``hops=2`` (attention over ``(A + I)^2``)
-    is far slower on Cora (over a minute a run).
+    Its scores on Cora are in the README's results table (``deepclust fit daegc``, seeds 0-4).
+    ``hops=2`` (attention over ``(A + I)^2``) is far slower on Cora.
 
     ``checkpointer`` (a :class:`deepclust.checkpoint.Checkpointer`) saves the model, the
     optimiser and the generator after every pretraining and every joint epoch, and resumes
@@ -355,14 +199,14 @@ def train_daegc(data, *, seed: int = 0, device="cpu", pretrain_epochs: int = 30,
     dev = torch.device(device)
     torch.manual_seed(seed)
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    x = _prep_features(data.x.to(dev, torch.float32))
+    x = prepare_features(data.x.to(dev, torch.float32))
     ei = data.edge_index.to(dev)
     n, k = x.shape[0], data.n_clusters
     t0 = time.perf_counter()
     if conv == "daegc":
         att_ei, att_w = proximity_graph(ei, n, t=t, hops=hops)
         kw = {"edge_weight": att_w}
-        x = _maybe_sparse(x)
+        x = maybe_sparse(x)
     else:
         att_ei, kw = ei, {}
     enc = GATEncoder(x.shape[1], hidden, embedding, conv=conv)
@@ -444,9 +288,8 @@ def cli_fit(data, config) -> dict:
 
     Defaults (``config.epochs=None``): DAEGC's attention with the 2-order proximity (256-16),
     30 pretraining epochs (Adam, lr 5e-3, weight decay 5e-3) and 200 joint epochs (Adam,
-    lr 1e-4), gamma 10, target refreshed every epoch; Cora ACC 0.688 +- 0.016 over seeds 0-4,
-    ~20 s on one CPU thread; see :func:`train_daegc`. ``config.epochs`` sets both the pretraining and the joint
-    epochs. With ``config.checkpoint`` a checkpoint is written after every epoch and
+    lr 1e-4), gamma 10, target refreshed every epoch; see :func:`train_daegc`.
+    ``config.epochs`` sets both the pretraining and the joint epochs. With ``config.checkpoint`` a checkpoint is written after every epoch and
     ``config.resume`` continues from it; DAEGC trains full-graph in one process.
 
     Returns:

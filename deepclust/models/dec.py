@@ -16,19 +16,10 @@ from torch import Tensor, nn
 
 from .. import distributed
 from .._common import all_reduce_sum, check_int, check_positive, check_tensor
+from ..nn.autoencoder import check_noise, corrupt, mlp
 from ..nn.dec_head import DECClusterHead
 
 __all__ = ["DEC", "cli_fit"]
-
-
-def _mlp(sizes: Sequence[int]) -> nn.Sequential:
-    """Linear layers with ReLU between them, none after the last."""
-    layers: List[nn.Module] = []
-    for i in range(len(sizes) - 1):
-        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
-        if i < len(sizes) - 2:
-            layers.append(nn.ReLU())
-    return nn.Sequential(*layers)
 
 
 def _bar(total, desc, progress):
@@ -69,8 +60,8 @@ class DEC(nn.Module):
         latent = check_int(latent, "latent", minimum=1)
         hidden = tuple(check_int(h, "hidden", minimum=1) for h in hidden)
         sizes = (n_features,) + hidden + (latent,)
-        self.encoder = _mlp(sizes)
-        self.decoder = _mlp(sizes[::-1])
+        self.encoder = mlp(sizes)
+        self.decoder = mlp(sizes[::-1])
         self.head = DECClusterHead(self.n_clusters, latent, alpha, impl=impl)
         self.n_features, self.latent, self.hidden = n_features, latent, hidden
 
@@ -144,14 +135,7 @@ class DEC(nn.Module):
         batch_size = check_int(batch_size, "batch_size", minimum=1)
         params = list(self.encoder.parameters()) + list(self.decoder.parameters())
         opt = torch.optim.Adam(params, lr=check_positive(lr, "lr"), weight_decay=weight_decay)
-        if noise_type == "dropout":
-            if not 0.0 <= float(noise) < 1.0:
-                raise ValueError(f"noise must be in [0, 1) for dropout, got {noise}")
-        elif noise_type == "gaussian":
-            if not (math.isfinite(float(noise)) and float(noise) >= 0.0):
-                raise ValueError(f"noise must be finite and >= 0 for gaussian noise, got {noise}")
-        else:
-            raise ValueError(f"noise_type must be 'dropout' or 'gaussian', got {noise_type!r}")
+        noise = check_noise(noise, noise_type)
         gen = torch.Generator().manual_seed(int(seed))
         ngen = torch.Generator(device=x.device).manual_seed(int(seed))
         n = x.shape[0]
@@ -171,12 +155,7 @@ class DEC(nn.Module):
                 total = torch.zeros((), device=x.device)
                 for i in range(0, n, batch_size):
                     xb = x[perm[i:i + batch_size]]
-                    xin = xb
-                    if noise > 0 and noise_type == "gaussian":
-                        xin = xb + noise * torch.randn(xb.shape, generator=ngen, device=xb.device)
-                    elif noise > 0:
-                        keep = torch.rand(xb.shape, generator=ngen, device=xb.device) >= noise
-                        xin = xb * keep / (1.0 - noise)
+                    xin = corrupt(xb, noise, noise_type, ngen)
                     if world == 1:
                         loss = (self.decoder(self.encoder(xin)) - xb).pow(2).mean()
                         opt.zero_grad(set_to_none=True)

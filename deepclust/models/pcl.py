@@ -1,7 +1,8 @@
 """PCL (Li et al., ICLR 2021): MoCo with a queue plus ProtoNCE over k-means prototypes.
 
-See :func:`deepclust.reference.proto_nce_loss` and :func:`deepclust.ops.prototype_cross_entropy`
-for the math; this module holds the encoders, the queue and the hyperparameters.
+The losses and the clustering step are in :mod:`deepclust.nn.pcl` (ProtoNCE through
+:func:`deepclust.ops.prototype_cross_entropy`); this module holds the encoders, the queue and
+the hyperparameters.
 """
 from __future__ import annotations
 
@@ -14,8 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .._common import all_gather_no_grad, all_reduce_sum, get_group
-from ..ops.prototype import prototype_cross_entropy
-from ..reference.pcl import info_nce_loss, pcl_clustering, sample_negative_prototypes
+from ..nn.pcl import info_nce_loss, pcl_clustering, proto_nce_loss
 from .base import FitConfig, LossOutput
 
 __all__ = ["PCL", "cli_fit"]
@@ -74,7 +74,7 @@ class PCL(nn.Module):
                          seed: int = 0, n_init: int = 10, max_iter: int = 300,
                          backend: str = "auto") -> Dict[str, List[torch.Tensor]]:
         """k-means for each number of clusters, concentrations with mean ``T``, normalised
-        centroids: :func:`deepclust.reference.pcl.pcl_clustering`."""
+        centroids: :func:`deepclust.nn.pcl.pcl_clustering`."""
         return pcl_clustering(features, list(num_clusters), temperature=self.T, seed=seed,
                               n_init=n_init, max_iter=max_iter, backend=backend)
 
@@ -107,19 +107,16 @@ class PCL(nn.Module):
         if cluster_result is not None:
             if index is None:
                 raise ValueError("index is required with cluster_result")
-            proto = 0.0
-            target = torch.arange(q.shape[0], device=q.device)
-            for lab, cent, phi in zip(cluster_result["im2cluster"], cluster_result["centroids"],
-                                      cluster_result["density"]):
-                pos = lab[index]
-                neg = sample_negative_prototypes(pos, cent.shape[0], self.r_proto, self.generator)
-                sel = torch.cat([pos, neg])
-                proto = proto + prototype_cross_entropy(q, cent[sel].to(q.dtype), target, phi[sel],
-                                                        impl=self.impl)
-            proto = proto / len(cluster_result["centroids"])
+            proto = self._proto_nce(q, index, cluster_result)
             parts["proto_nce"] = float(proto.detach())
             loss = loss + proto
         return LossOutput(loss, parts)
+
+    def _proto_nce(self, q, index, cluster_result, offset: int = 0) -> torch.Tensor:
+        """ProtoNCE of the rows of ``q`` (:func:`deepclust.nn.pcl.proto_nce_loss`)."""
+        return proto_nce_loss(q, index, cluster_result["centroids"], cluster_result["density"],
+                              cluster_result["im2cluster"], self.r_proto, self.generator,
+                              offset=offset, impl=self.impl)
 
     def _forward_group(self, im_q, im_k, index, cluster_result, group) -> LossOutput:
         """:meth:`forward` over a process group (see there)."""
@@ -142,16 +139,8 @@ class PCL(nn.Module):
         terms = [info]
         if cluster_result is not None:
             index_all = _gather_rows(index.to(q.device), sizes, group)
-            proto = 0.0
-            target = torch.arange(offset, offset + b, device=q.device)
-            for lab, cent, phi in zip(cluster_result["im2cluster"], cluster_result["centroids"],
-                                      cluster_result["density"]):
-                pos = lab[index_all]  # the global batch's positives: every row's columns
-                neg = sample_negative_prototypes(pos, cent.shape[0], self.r_proto, self.generator)
-                sel = torch.cat([pos, neg])
-                proto = proto + prototype_cross_entropy(q, cent[sel].to(q.dtype), target, phi[sel],
-                                                        impl=self.impl)
-            terms.append(proto / len(cluster_result["centroids"]) * share)
+            # the global batch's positives are every row's columns; this rank's rows from offset
+            terms.append(self._proto_nce(q, index_all, cluster_result, offset) * share)
         part = terms[0] if len(terms) == 1 else terms[0] + terms[1]
         values = all_reduce_sum(torch.stack([t.detach().double() for t in terms]), group)
         parts = {"info_nce": float(values[0])}
@@ -249,10 +238,10 @@ def cli_fit(data, config: FitConfig = FitConfig()) -> dict:
     resumed = ck.resume_state()
     if resumed is not None:
         progress, st = resumed
-        model.load_state_dict(st["model"])
-        opt.load_state_dict(st["opt"])
         g.set_state(st["gen"])
         model.generator.set_state(st["gen_proto"])
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["opt"])
         clusters = None if st["clusters"] is None else {
             key: [t.to(dev) for t in val] for key, val in st["clusters"].items()}
         e0, last = int(progress["epoch"]), dict(st["last"])

@@ -1,6 +1,6 @@
 """TSD (Wang et al., CVPR 2023): test-time adaptation by self-distillation on a support memory.
 
-The math lives in :mod:`deepclust.reference.tsd` and :func:`deepclust.ops.prototype_cross_entropy`;
+The math lives in :mod:`deepclust.nn.tsd` (on :func:`deepclust.ops.prototype_cross_entropy`);
 this module keeps the memory and takes one optimiser step per test batch.
 """
 from __future__ import annotations
@@ -11,8 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ops.prototype import prototype_cross_entropy
-from ..reference.tsd import select_supports, softmax_entropy, topk_cluster_loss, tsd_prototypes
+from ..nn.tsd import select_supports, softmax_entropy, topk_cluster_loss, tsd_prototype_loss
 
 __all__ = ["TSD"]
 
@@ -48,7 +47,7 @@ class TSD(nn.Module):
         lam: weight of the top-k neighbour term (default 0, as released).
         k: neighbours of that term (default 3).
         soft, reverse_kl: the prototype loss variant, see
-            :func:`deepclust.reference.tsd_prototype_loss` (default: the release's KL).
+            :func:`deepclust.nn.tsd.tsd_prototype_loss` (default: the release's KL).
         impl: op path for the cross-entropy variants (``soft=False`` or ``reverse_kl=False``).
     """
 
@@ -73,18 +72,6 @@ class TSD(nn.Module):
         """Forget the test batches: the memory goes back to the classifier weights."""
         self.supports, self.labels, self.ent, self.scores = (t.clone() for t in self._warmup)
 
-    def _prototype_loss(self, z, prototypes, scores):
-        zn, pn = F.normalize(z, dim=1), F.normalize(prototypes, dim=1)
-        y = scores.detach()
-        if not self.soft:
-            return prototype_cross_entropy(zn, pn.to(zn.dtype), y.argmax(1), self.tau, impl=self.impl)
-        if self.reverse_kl:  # KL(softmax(s) || softmax(scores)), as released
-            ls = (zn @ pn.t() / self.tau).log_softmax(1)
-            return (ls.exp() * (ls - y.log_softmax(1))).sum(1).mean()
-        t = y.softmax(1)
-        return prototype_cross_entropy(zn, pn.to(zn.dtype), t, self.tau, impl=self.impl) + (
-            t * y.log_softmax(1)).sum(1).mean()
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Adapt on the batch (one optimiser step) and return its logits (computed before the
         step, as released)."""
@@ -99,8 +86,8 @@ class TSD(nn.Module):
             self.scores = torch.cat([self.scores.to(dev), scores.detach()])
             self.supports, self.labels, self.ent, self.scores = select_supports(
                 self.supports, self.labels, self.ent, self.scores, self.filter_K)
-            prototypes = tsd_prototypes(self.supports, self.labels)
-        loss = self._prototype_loss(z, prototypes, scores)
+        loss = tsd_prototype_loss(z, self.supports, self.labels, scores, self.tau, self.soft,
+                                  self.reverse_kl, impl=self.impl)
         if self.lam != 0:
             loss = loss + self.lam * topk_cluster_loss(z.detach(), p, F.normalize(self.supports, dim=1),
                                                        self.scores, k=self.k)

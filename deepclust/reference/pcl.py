@@ -8,8 +8,10 @@ Differences from the released code, all deliberate:
   when fewer than ``r`` other prototypes exist all of them are used (the release would fail);
 * the prototype ids are ``range(K)`` with ``K = centroids.shape[0]`` (the release uses
   ``im2cluster.max() + 1``, which differs only when the last clusters are empty);
-* k-means is :func:`deepclust.cluster.kmeans` (or scikit-learn's) instead of faiss, without
+* k-means is a plain Lloyd iteration here (or scikit-learn's) instead of faiss, without
   faiss' sub-sampling to at most 1000 points per centroid.
+
+These are the ground truth of :mod:`deepclust.nn.pcl`, which the models use.
 """
 from __future__ import annotations
 
@@ -19,7 +21,6 @@ import torch
 import torch.nn.functional as F
 
 from .._common import check_int, check_positive, check_tensor
-from .prototype import prototype_cross_entropy
 
 __all__ = [
     "info_nce_logits",
@@ -180,8 +181,8 @@ def proto_nce_loss(
               {\sum_{j\in pos\,\cup\,neg} \exp(q_i\cdot c_j/\phi_j)}, \qquad
         L = \frac1M \sum_m L_m ,
 
-    i.e. ``prototype_cross_entropy(q, C[sel], arange(N), phi[sel])`` with
-    ``sel = cat(pos, neg)``: the target of row ``i`` is column ``i``.
+    i.e. ``F.cross_entropy(q @ C[sel]^T / phi[sel], arange(N))`` with ``sel = cat(pos, neg)``:
+    the target of row ``i`` is column ``i``.
 
     Args:
         q: queries (N x d), L2-normalised.
@@ -210,28 +211,46 @@ def proto_nce_loss(
         neg = sample_negative_prototypes(pos, cent.shape[0], r, generator)
         sel = torch.cat([pos, neg])
         target = torch.arange(q.shape[0], device=q.device)
-        total = total + prototype_cross_entropy(q.to(cdt), cent[sel].to(cdt), target, phi[sel].to(cdt))
+        logits = q.to(cdt) @ cent[sel].to(cdt).t() / phi[sel].to(cdt)
+        total = total + F.cross_entropy(logits, target)
     return (total / len(centroids_list)).to(q.dtype)
+
+
+def _lloyd(x: torch.Tensor, n_clusters: int, seed: int, n_init: int, max_iter: int):
+    """Plain k-means: ``n_init`` restarts from distinct rows drawn by a seeded generator,
+    Lloyd steps until the labels stop changing; the restart of least inertia wins. A cluster
+    left empty keeps its centre."""
+    gen = torch.Generator().manual_seed(int(seed))
+    best = None
+    for _ in range(n_init):
+        centers = x[torch.randperm(x.shape[0], generator=gen)[:n_clusters].to(x.device)]
+        labels = None
+        for _ in range(max_iter):
+            new = torch.cdist(x, centers).argmin(1)
+            if labels is not None and torch.equal(new, labels):
+                break
+            labels = new
+            for c in range(n_clusters):
+                if bool((labels == c).any()):
+                    centers[c] = x[labels == c].mean(0)
+        labels = torch.cdist(x, centers).argmin(1)
+        inertia = float((x - centers[labels]).pow(2).sum())
+        if best is None or inertia < best[0]:
+            best = (inertia, centers, labels)
+    return best[1], best[2]
 
 
 def _kmeans(x: torch.Tensor, n_clusters: int, seed: int, n_init: int = 10, max_iter: int = 300,
             backend: str = "auto"):
-    """k-means centres and labels: deepclust.cluster.kmeans, else (or with
-    ``backend="sklearn"``) scikit-learn."""
-    try:
-        if backend == "sklearn":
-            raise ImportError
-        from ..cluster import kmeans
+    """k-means centres and labels: :func:`_lloyd`, or scikit-learn with ``backend="sklearn"``."""
+    if backend != "sklearn":
+        return _lloyd(x, n_clusters, seed, n_init, max_iter)
+    from sklearn.cluster import KMeans
 
-        res = kmeans(x, n_clusters, n_init=n_init, max_iter=max_iter, tol=1e-4, seed=seed)
-        return torch.as_tensor(res.centers).to(x), torch.as_tensor(res.labels).long().to(x.device)
-    except (ImportError, AttributeError):
-        from sklearn.cluster import KMeans
-
-        km = KMeans(n_clusters, n_init=n_init, max_iter=max_iter, tol=1e-4, random_state=seed).fit(
-            x.detach().double().cpu().numpy()
-        )
-        return (torch.as_tensor(km.cluster_centers_).to(x), torch.as_tensor(km.labels_).long().to(x.device))
+    km = KMeans(n_clusters, n_init=n_init, max_iter=max_iter, tol=1e-4, random_state=seed).fit(
+        x.detach().double().cpu().numpy()
+    )
+    return (torch.as_tensor(km.cluster_centers_).to(x), torch.as_tensor(km.labels_).long().to(x.device))
 
 
 @torch.no_grad()
@@ -249,8 +268,8 @@ def pcl_clustering(
         temperature: the mean of the concentrations (PCL's ``T``, default 0.2).
         seed: k-means seed of the first clustering.
         n_init, max_iter: k-means restarts and iterations (the release: faiss, 5 and 20).
-        backend: ``"auto"`` (:func:`deepclust.cluster.kmeans` when importable, else
-            scikit-learn) or ``"sklearn"``.
+        backend: ``"auto"`` (plain Lloyd iterations from random rows, seeded) or
+            ``"sklearn"``.
 
     Returns:
         ``{"im2cluster": [...], "centroids": [...], "density": [...]}``: int64 labels (N,),

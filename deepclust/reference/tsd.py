@@ -7,6 +7,8 @@ Differences from the released code, all deliberate:
 * ``select_supports(filter_K=-1)`` keeps every entry, as the paper and SPEC intend; the release
   slices each class with ``[:filter_K]``, which for ``-1`` drops each class's last entry;
 * the sort by entropy is stable, so ties keep memory order (the release's order is unspecified).
+
+These are the ground truth of :mod:`deepclust.nn.tsd`, which the model uses.
 """
 from __future__ import annotations
 
@@ -16,7 +18,6 @@ import torch
 import torch.nn.functional as F
 
 from .._common import check_int, check_positive, check_tensor
-from .prototype import prototype_cross_entropy
 
 __all__ = ["softmax_entropy", "select_supports", "tsd_prototypes", "tsd_prototype_loss", "topk_cluster_loss"]
 
@@ -106,9 +107,8 @@ def tsd_prototype_loss(
       ``softmax(s)`` side. Both are kept here.
     * ``soft=True, reverse_kl=False`` (the release's commented alternative,
       "comparable results"): ``KL(softmax(y) || softmax(s))``
-      ``= prototype_cross_entropy(normalize(z), normalize(p), softmax(y), tau) - H(softmax(y))``.
-    * ``soft=False``: ``F.cross_entropy(s, y.argmax(1))``
-      ``= prototype_cross_entropy(normalize(z), normalize(p), y.argmax(1), tau)``.
+      ``= -sum_c softmax(y)_c log_softmax(s)_c - H(softmax(y))`` (mean over the rows).
+    * ``soft=False``: ``F.cross_entropy(s, y.argmax(1))``.
 
     Args:
         z: batch features (B x d).
@@ -122,10 +122,8 @@ def tsd_prototype_loss(
     Returns:
         The scalar loss in ``z.dtype``.
     """
-    check_tensor(z, "z", ndim=2)
-    check_tensor(supports, "supports", ndim=2)
-    check_tensor(labels, "labels", ndim=2)
-    check_tensor(scores, "scores", ndim=2)
+    for name, t in (("z", z), ("supports", supports), ("labels", labels), ("scores", scores)):
+        check_tensor(t, name, ndim=2)
     tau = check_positive(tau, "tau")
     if supports.shape[1] != z.shape[1]:
         raise ValueError(f"supports must be (M x {z.shape[1]}), got {tuple(supports.shape)}")
@@ -137,16 +135,16 @@ def tsd_prototype_loss(
     zn = F.normalize(z.to(cdt), dim=1)
     pn = F.normalize(tsd_prototypes(supports.to(cdt), labels.to(cdt)), dim=1)
     y = scores.detach().to(cdt)
+    s = zn @ pn.t() / tau
     if not soft:
-        loss = prototype_cross_entropy(zn, pn, y.argmax(1), tau)
+        loss = F.cross_entropy(s, y.argmax(1))
     elif reverse_kl:
-        s = zn @ pn.t() / tau
         ls = s.log_softmax(1)
         loss = (ls.exp() * (ls - y.log_softmax(1))).sum(1).mean()
     else:
         t = y.softmax(1)
         ent = -(t * y.log_softmax(1)).sum(1).mean()
-        loss = prototype_cross_entropy(zn, pn, t, tau) - ent
+        loss = -(t * s.log_softmax(1)).sum(1).mean() - ent
     return loss.to(z.dtype)
 
 
@@ -179,10 +177,9 @@ def topk_cluster_loss(
     Returns:
         The scalar loss in ``preds.dtype``.
     """
-    check_tensor(feats, "feats", ndim=2)
-    check_tensor(preds, "preds", ndim=2)
-    check_tensor(supports, "supports", ndim=2)
-    check_tensor(support_scores, "support_scores", ndim=2)
+    for name, t in (("feats", feats), ("preds", preds), ("supports", supports),
+                    ("support_scores", support_scores)):
+        check_tensor(t, name, ndim=2)
     k = check_int(k, "k", minimum=1)
     if supports.shape[1] != feats.shape[1]:
         raise ValueError(f"supports must be (M x {feats.shape[1]}), got {tuple(supports.shape)}")

@@ -1,5 +1,8 @@
 """The loaders of the shared benchmark data (deepclust/data/loaders.py): sizes, value ranges and
 clean graphs (undirected, coalesced, no self-loops), and the error for a missing file."""
+import gzip
+
+import numpy as np
 import pytest
 import torch
 
@@ -54,3 +57,68 @@ def test_shared_data_sets(data_root, name, n, d, k, e):
     if e is not None:  # undirected: every edge comes with its reverse
         keys = set((ei[0] * n + ei[1]).tolist())
         assert keys == set((ei[1] * n + ei[0]).tolist())
+
+
+# ----------------------------------------------------------------------------- file formats
+# Tiny files written in each source's format under tmp_path (no shared data needed).
+def _undirected_simple(ei):
+    pairs = set(map(tuple, ei.t().tolist()))
+    return all(u != v and (v, u) in pairs for u, v in pairs) and len(pairs) == ei.shape[1]
+
+
+def test_sdcn_text_format(tmp_path):
+    base = tmp_path / "sdcn"
+    base.mkdir()
+    np.savetxt(base / "acm.txt", np.arange(12, dtype=np.float32).reshape(4, 3))
+    np.savetxt(base / "acm_label.txt", np.array([0, 1, 1, 2]), fmt="%d")
+    np.savetxt(base / "acm_graph.txt", np.array([[0, 1], [1, 2], [3, 3]]), fmt="%d")
+    d = load("acm", tmp_path)
+    assert d.x.shape == (4, 3) and d.x.dtype == torch.float32 and d.y.tolist() == [0, 1, 1, 2]
+    assert d.is_graph and _undirected_simple(d.edge_index) and d.edge_index.shape[1] == 4
+
+
+def test_pendigits_scaled_to_unit_range(tmp_path):
+    base = tmp_path / "pendigits"
+    base.mkdir()
+    rows = np.array([[0] * 16 + [3], [100] * 16 + [7]])
+    for split in ("tra", "tes"):
+        np.savetxt(base / f"pendigits.{split}", rows, fmt="%d", delimiter=",")
+    d = load("pendigits", tmp_path)
+    assert d.x.shape == (4, 16) and float(d.x.max()) == 1.0 and float(d.x.min()) == 0.0
+    assert d.y.tolist() == [3, 7, 3, 7]
+
+
+def test_mnist_idx_files(tmp_path):
+    base = tmp_path / "mnist"
+    base.mkdir()
+    img = np.arange(2 * 784, dtype=np.uint32) % 256
+    with gzip.open(base / "t10k-images-idx3-ubyte.gz", "wb") as f:
+        f.write(bytes(16) + img.astype(np.uint8).tobytes())
+    with gzip.open(base / "t10k-labels-idx1-ubyte.gz", "wb") as f:
+        f.write(bytes(8) + bytes([4, 9]))
+    d = load("mnist-test", tmp_path)
+    assert d.x.shape == (2, 784) and d.image_shape == (1, 28, 28) and d.y.tolist() == [4, 9]
+    assert float(d.x[0, 255]) == 1.0 and float(d.x[0, 0]) == 0.0
+
+
+def test_usps_h5(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    (tmp_path / "usps").mkdir()
+    with h5py.File(tmp_path / "usps" / "usps.h5", "w") as f:
+        for split, n in (("train", 3), ("test", 2)):
+            f.create_group(split).create_dataset("data", data=np.full((n, 256), 0.5, np.float32))
+            f[split].create_dataset("target", data=np.arange(n))
+    d = load("usps", tmp_path)
+    assert d.x.shape == (5, 256) and d.image_shape == (1, 16, 16) and d.y.tolist() == [0, 1, 2, 0, 1]
+
+
+def test_wiki_mat(tmp_path):
+    from scipy.io import savemat
+    from scipy.sparse import coo_matrix
+
+    (tmp_path / "wiki").mkdir()
+    w = coo_matrix((np.ones(2), ([0, 1], [1, 2])), shape=(3, 3))
+    savemat(tmp_path / "wiki" / "wiki.mat", {"fea": np.eye(3), "gnd": np.array([[1], [2], [17]]), "W": w})
+    d = load("wiki", tmp_path)
+    assert d.y.tolist() == [0, 1, 16] and d.x.shape == (3, 3)
+    assert _undirected_simple(d.edge_index) and d.edge_index.shape[1] == 4

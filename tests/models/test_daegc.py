@@ -1,17 +1,16 @@
 """DAEGC: API, losses, mini-batch loss, training on a small SBM graph and on Cora."""
-import warnings
-
 import numpy as np
 import pytest
 import torch
 from torch_geometric.data import Data
-from torch_geometric.utils import coalesce
 
 from deepclust.data import make_sbm
 from deepclust.metrics import cluster_acc
 from deepclust.models.base import FitConfig, LossOutput
 from deepclust.models.daegc import (DAEGC, GATEncoder, ProximityGATConv, cli_fit, proximity_graph,
                                     train_daegc)
+from deepclust.nn import gat
+from deepclust.data import graph
 from deepclust.reference import recon_loss as ref_recon_loss
 
 
@@ -25,6 +24,11 @@ def _tiny_graph(n=30, seed=0):
     ei = torch.randint(0, n, (2, 90), generator=g)
     ei = ei[:, ei[0] != ei[1]]
     return x, torch.cat([ei, ei.flip(0)], 1)
+
+
+def test_reexports_of_the_moved_pieces():
+    assert GATEncoder is gat.GATEncoder and ProximityGATConv is gat.ProximityGATConv
+    assert proximity_graph is graph.proximity_graph
 
 
 def test_api_and_losses():
@@ -66,64 +70,6 @@ def test_custom_decoder_path_matches_fused():
     z = a.embed(x, ei)
     neg = torch.tensor([[0, 3, 9], [4, 5, 1]])
     torch.testing.assert_close(a.recon_loss(z, ei, neg), b.recon_loss(z, ei, neg))
-
-
-def _dense_proximity(ei, n, t=2):
-    a = torch.zeros(n, n, dtype=torch.float64)
-    a[ei[0], ei[1]] = 1.0
-    a = a + torch.eye(n, dtype=torch.float64)
-    b = a / a.sum(1, keepdim=True)
-    tr = b / b.sum(0, keepdim=True)
-    m = sum(torch.linalg.matrix_power(tr, p) for p in range(1, t + 1)) / t
-    return a, m
-
-
-@pytest.mark.parametrize("t,hops", [(1, 1), (2, 1), (3, 2)])
-def test_proximity_graph_matches_dense(t, hops):
-    x, ei = _tiny_graph(n=12, seed=3)
-    a, m = _dense_proximity(ei, 12, t)
-    att_ei, w = proximity_graph(ei, 12, t=t, hops=hops)
-    support = torch.linalg.matrix_power(a, hops) > 0
-    assert att_ei.shape[1] == int(support.sum())
-    dst, src = att_ei[1], att_ei[0]
-    assert support[dst, src].all()  # edge j -> i on the support of (A + I)^hops
-    torch.testing.assert_close(w.double(), m[dst, src], rtol=1e-6, atol=1e-7)
-
-
-def test_proximity_gat_conv_matches_dense_formula():
-    x, ei = _tiny_graph(n=12, seed=4)
-    _, m = _dense_proximity(ei, 12)
-    att_ei, w = proximity_graph(ei, 12)
-    conv = ProximityGATConv(8, 5).double()
-    out = conv(x.double(), att_ei, w.double())
-    # DAEGC's dense layer: softmax_j over the mask A + I of LeakyReLU(M_ij (a_s.h_i + a_n.h_j))
-    h = x.double() @ conv.lin.weight.t()
-    e = (h @ conv.att_self) + (h @ conv.att_neigh).t()
-    e = torch.nn.functional.leaky_relu(e * m, 0.2)
-    mask = torch.zeros(12, 12, dtype=torch.bool)
-    mask[att_ei[1], att_ei[0]] = True
-    ref = torch.softmax(e.masked_fill(~mask, float("-inf")), 1) @ h
-    torch.testing.assert_close(out, ref)
-    # sparse (CSR) features give the same layer output
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
-        xs = x.double().to_sparse_csr()
-    torch.testing.assert_close(conv(xs, att_ei, w.double()), out)
-    # without weights: plain GAT attention over the graph plus the added self-loops
-    ei = coalesce(ei)  # no duplicate edges, as in the dense mask
-    out1 = conv(x.double(), ei)
-    e1 = torch.nn.functional.leaky_relu((h @ conv.att_self) + (h @ conv.att_neigh).t(), 0.2)
-    mask1 = torch.eye(12, dtype=torch.bool)
-    mask1[ei[1], ei[0]] = True
-    torch.testing.assert_close(out1, torch.softmax(e1.masked_fill(~mask1, float("-inf")), 1) @ h)
-
-
-def test_pyg_encoder_option_and_bad_conv():
-    x, ei = _tiny_graph()
-    z = GATEncoder(8, 16, 4, conv="pyg")(x, ei)
-    torch.testing.assert_close(z.norm(dim=1), torch.ones(30))
-    with pytest.raises(ValueError, match="conv"):
-        GATEncoder(8, 16, 4, conv="gcn")
 
 
 def _neighbor_batch(x, ei, seeds):

@@ -1,10 +1,14 @@
-"""TSD model: memory initialisation and test-time adaptation on shifted blobs."""
+"""TSD model: memory initialisation, the loss of a step against the references, and test-time
+adaptation on shifted blobs."""
+import copy
+
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from deepclust.models.tsd import TSD
+from deepclust.reference import tsd as R
 
 
 def _source_model(seed=0):
@@ -34,8 +38,33 @@ def test_memory_initialised_from_classifier():
     torch.testing.assert_close(tsd.scores, model[-1](w).softmax(1))
 
 
-@pytest.mark.parametrize("variant", [dict(), dict(soft=False), dict(reverse_kl=False), dict(lam=0.1)],
-                         ids=["release", "hard", "forward-kl", "topk"])
+VARIANTS = [dict(), dict(soft=False), dict(reverse_kl=False), dict(lam=0.1)]
+VARIANT_IDS = ["release", "hard", "forward-kl", "topk"]
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
+def test_step_loss_is_the_references(variant):
+    """One step's loss, rebuilt from the memory with the eager references."""
+    model, xt, _ = _source_model()
+    tsd = TSD(copy.deepcopy(model), filter_K=4, tau=0.1, impl="torch", **variant)
+    x = xt[:32]
+    with torch.no_grad():
+        w = model[-1].weight
+        z = model[:-1](x)
+        logits = torch.cat([model[-1](w), model[-1](z)])
+    mem = R.select_supports(torch.cat([w, z]), F.one_hot(logits.argmax(1), 3).float(),
+                            R.softmax_entropy(logits), logits.softmax(1), filter_K=4)
+    kw = {k: v for k, v in variant.items() if k != "lam"}
+    want = R.tsd_prototype_loss(z, mem[0], mem[1], logits[3:].softmax(1), tau=0.1, **kw)
+    if "lam" in variant:
+        want = want + variant["lam"] * R.topk_cluster_loss(z, logits[3:], mem[0], mem[3], k=3)
+    tsd(x)
+    assert tsd.last_loss == pytest.approx(want.item(), rel=1e-5, abs=1e-6)
+    for got, ref in zip((tsd.supports, tsd.labels, tsd.ent, tsd.scores), mem):
+        torch.testing.assert_close(got, ref)
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
 def test_adaptation_keeps_accuracy(variant):
     """A scaled-and-shifted target that the source model still separates: adaptation must not
     break it (an improving case was not found on small synthetic shifts)."""
@@ -44,13 +73,16 @@ def test_adaptation_keeps_accuracy(variant):
     with torch.no_grad():
         before = (model(xt).argmax(1) == yt).float().mean().item()
     tsd = TSD(model, lr=1e-2, filter_K=20, tau=0.1, impl="torch", **variant)
-    preds = []
     for _ in range(3):
+        preds = []
         for i in range(0, 640, 64):
             p = tsd(xt[i:i + 64])
             assert p.shape == (64, 3) and torch.isfinite(p).all()
             assert torch.isfinite(torch.tensor(tsd.last_loss))
             preds.append(p.argmax(1))
+        # the predictions made while adapting (each before its batch's step), pass by pass
+        online = (torch.cat(preds) == yt).float().mean().item()
+        assert online > 0.5 and online >= before, (before, online)  # chance is ~1/3
     assert tsd.supports.shape[0] <= 3 * 20 and tsd.labels.argmax(1).bincount(minlength=3).max() <= 20
     with torch.no_grad():
         after = (model(xt).argmax(1) == yt).float().mean().item()

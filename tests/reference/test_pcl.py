@@ -193,3 +193,18 @@ def test_bad_inputs():
         proto_nce_loss(q, torch.arange(4), [torch.randn(2, 3)], [torch.ones(3)], [torch.zeros(9, dtype=torch.long)])
     with pytest.raises(ValueError, match="num_clusters"):
         pcl_clustering(q, [5])
+
+
+def test_pcl_clustering_backends_agree_and_are_seeded():
+    g = torch.Generator().manual_seed(2)
+    centers = 6 * torch.randn(3, 4, generator=g)
+    x = centers[torch.arange(90) % 3] + 0.5 * torch.randn(90, 4, generator=g)
+    lloyd = pcl_clustering(x, [3], seed=7)
+    again = pcl_clustering(x, [3], seed=7)
+    assert all(torch.equal(a, b) for a, b in zip(lloyd["centroids"] + lloyd["im2cluster"],
+                                                   again["centroids"] + again["im2cluster"]))
+    skl = pcl_clustering(x, [3], seed=7, backend="sklearn")
+    a, b = lloyd["im2cluster"][0], skl["im2cluster"][0]
+    perm = torch.tensor([int(b[a == c][0]) for c in range(3)])
+    assert torch.equal(perm[a], b)  # one partition, up to the cluster ids
+    torch.testing.assert_close(skl["density"][0][perm], lloyd["density"][0])
