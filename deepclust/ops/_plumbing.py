@@ -129,3 +129,24 @@ def row_chunks(n_rows: int, row_width: int, budget: int = 1 << 22):
     ``budget`` elements: the eager paths' memory bound (no ``N x K`` tensor at once)."""
     step = max(1, budget // max(int(row_width), 1))
     return [(a, min(a + step, n_rows)) for a in range(0, n_rows, step)]
+
+
+# ----------------------------------------------------------------------------- autocast
+# Losses and softmax run in fp32 under torch.autocast (torch's own policy): a forward custom op
+# gets fp32 up-casts of its floating inputs, which also admits bf16 activations with fp32
+# parameters. Accumulation inside the kernels is fp32 in any case.
+def register_fp32_autocast(*op_names: str) -> None:
+    """Register the fp32 autocast rule for ``deepclust::<name>`` on CUDA and the CPU."""
+    for name in op_names:
+        for device in ("cuda", "cpu"):
+            torch.library.register_autocast(f"deepclust::{name}", device, torch.float32)
+
+
+def autocast_fp32(t):
+    """``t`` up-cast to fp32 where it is an fp16/bf16 tensor and autocast is on for its device:
+    what the registered rule does to a custom op's inputs, for the checks and the paths that
+    run before (or instead of) the op."""
+    if (isinstance(t, torch.Tensor) and t.dtype in (torch.float16, torch.bfloat16)
+            and torch.is_autocast_enabled(t.device.type)):
+        return t.float()
+    return t

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .._common import check_edge_index, check_same_device, check_tensor, is_tracing, sampler_args
-from ._plumbing import compute_dtype, row_chunks
+from ._plumbing import autocast_fp32, compute_dtype, register_fp32_autocast, row_chunks
 
 __all__ = ["negative_sampling", "recon_loss", "HAS_EXTENSION"]
 
@@ -61,10 +61,7 @@ if HAS_EXTENSION:
     torch.library.register_autograd(
         "deepclust::recon_loss", _recon_backward, setup_context=_recon_setup_context
     )
-    # A loss: runs in fp32 under autocast (fp16/bf16 z is up-cast, float64 stays), as torch's
-    # own policy runs its losses.
-    torch.library.register_autocast("deepclust::recon_loss", "cuda", torch.float32)
-    torch.library.register_autocast("deepclust::recon_loss", "cpu", torch.float32)
+    register_fp32_autocast("recon_loss")  # fp16/bf16 z is up-cast, float64 stays
 
 
 # Which (op, device type) pairs have a compiled kernel, looked up once (a plain dict lookup
@@ -306,6 +303,4 @@ def recon_loss(
     # The eager path is plain differentiable torch code, not a custom op (the op's name belongs
     # to the extension's schema, and it must run without the extension), so it takes autocast's
     # fp32 policy here, as register_autocast gives the compiled op.
-    if z.dtype in (torch.float16, torch.bfloat16) and torch.is_autocast_enabled(z.device.type):
-        z = z.float()
-    return _ReconLossTorch.apply(z, pos, neg)
+    return _ReconLossTorch.apply(autocast_fp32(z), pos, neg)

@@ -18,7 +18,14 @@ import torch
 
 from .._common import check_swav_args
 from ._plumbing import (
-    HAS_TRITON, compute_dtype, kernel_target, new_output, next_pow2, resolve_impl, row_chunks,
+    HAS_TRITON,
+    compute_dtype,
+    kernel_target,
+    new_output,
+    next_pow2,
+    register_fp32_autocast,
+    resolve_impl,
+    row_chunks,
 )
 from .sinkhorn_knopp import sinkhorn
 
@@ -226,11 +233,8 @@ def _swav_ce_backward(ctx, g_loss, g_lse, g_tsum):
 
 _swav_ce_op.register_autograd(_swav_ce_backward, setup_context=_swav_ce_setup_context)
 
-# Autocast runs the loss in fp32 (torch's policy for losses): bf16/fp16 scores meet the fp32
-# codes, and the loss comes back in fp32.
-for _device in ("cuda", "cpu"):
-    torch.library.register_autocast("deepclust::swav_ce", _device, torch.float32)
-del _device
+# bf16/fp16 scores meet the fp32 codes, and the loss comes back in fp32
+register_fp32_autocast("swav_ce")
 
 
 # ============================================================================ public function

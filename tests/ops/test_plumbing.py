@@ -86,3 +86,25 @@ def test_next_pow2_and_upcast():
     assert [U.next_pow2(n) for n in (0, 1, 2, 3, 17, 64)] == [1, 1, 2, 4, 32, 64]
     assert U.upcast_bf16(torch.bfloat16, "interpreter") and not U.upcast_bf16(torch.bfloat16, "cuda")
     assert not U.upcast_bf16(torch.float16, "interpreter")
+
+
+def test_autocast_fp32_upcasts_only_16_bit_under_autocast():
+    h = torch.ones(2, dtype=torch.bfloat16)
+    d = torch.ones(2, dtype=torch.float64)
+    assert U.autocast_fp32(h).dtype == torch.bfloat16  # autocast off
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert U.autocast_fp32(h).dtype == torch.float32
+        assert U.autocast_fp32(d).dtype == torch.float64 and U.autocast_fp32(3) == 3
+
+
+def test_register_fp32_autocast_casts_a_custom_ops_inputs():
+    @torch.library.custom_op("deepclust::_plumbing_probe", mutates_args=())
+    def probe(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        assert x.dtype == y.dtype, "mixed dtypes reached the op"
+        return x + y
+
+    U.register_fp32_autocast("_plumbing_probe")
+    x, y = torch.ones(3, dtype=torch.bfloat16), torch.ones(3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = probe(x, y)
+    assert out.dtype == torch.float32 and torch.equal(out, torch.full((3,), 2.0))

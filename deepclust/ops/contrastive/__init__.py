@@ -22,7 +22,7 @@ from ..._common import (
     gather_views,
     get_group,
 )
-from .._plumbing import compute_dtype, resolve_impl
+from .._plumbing import autocast_fp32, compute_dtype, register_fp32_autocast, resolve_impl
 from . import _launch
 from ._eager import _rows_bwd_torch, _rows_fwd_torch
 from ._launch import _rows_bwd_triton, _rows_fwd_triton
@@ -90,9 +90,7 @@ def _rows_backward(ctx, grad, _grad_stats):
 
 
 _contrastive_rows.register_autograd(_rows_backward, setup_context=_rows_setup_context)
-# Under autocast the row terms run in fp32 (torch's policy for losses and softmax).
-torch.library.register_autocast("deepclust::contrastive_rows", "cuda", torch.float32)
-torch.library.register_autocast("deepclust::contrastive_rows", "cpu", torch.float32)
+register_fp32_autocast("contrastive_rows")
 
 
 # ============================================================================= distributed
@@ -142,14 +140,6 @@ class _DistributedContrastiveRows(torch.autograd.Function):
 
 
 # ============================================================================= public functions
-def _autocast_fp32(x: torch.Tensor) -> torch.Tensor:
-    """``x`` up-cast to fp32 where autocast is on for its device and it is fp16/bf16: under
-    autocast the losses are the fp32 op on the up-cast input (torch's policy for losses)."""
-    if x.dtype in (torch.float16, torch.bfloat16) and torch.is_autocast_enabled(x.device.type):
-        return x.float()
-    return x
-
-
 def _contrastive_term(z: torch.Tensor, m: int, scale: float, path: str, group) -> torch.Tensor:
     """-(1/(N(m-1))) sum of the positive log-probs of the stacked views z (global batch)."""
     if group is None:
@@ -205,7 +195,7 @@ def instance_contrastive_loss(
     """
     m = check_views(z, "z", n_views)
     tau = check_positive(tau, "tau")
-    z = _autocast_fp32(z)
+    z = autocast_fp32(z)
     path = resolve_impl(impl, z, name="z")
     return _contrastive_term(z, m, 1.0 / tau, path, get_group(group)).to(z.dtype)
 
@@ -243,7 +233,7 @@ def cluster_contrastive_loss(
     """
     m = check_views(c, "c", n_views)
     tau = check_positive(tau, "tau")
-    c = _autocast_fp32(c)
+    c = autocast_fp32(c)
     path = resolve_impl(impl, c, name="c")
     cf = gather_views(c.to(compute_dtype(c)), m, get_group(group))
     k = cf.shape[1]

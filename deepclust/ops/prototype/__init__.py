@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from ..._common import check_prototype_args
-from .._plumbing import compute_dtype, resolve_impl
+from .._plumbing import autocast_fp32, compute_dtype, register_fp32_autocast, resolve_impl
 from . import _launch
 from ._eager import _bwd_torch, _fwd_torch
 from ._launch import _bwd_triton, _fwd_triton
@@ -72,22 +72,10 @@ def _backward(ctx, grad_rows, grad_lse):
 
 
 _prototype_ce_rows.register_autograd(_backward, setup_context=_setup_context)
-# Under autocast the cross-entropy runs in fp32 (torch's policy for losses and softmax).
-torch.library.register_autocast("deepclust::prototype_ce_rows", "cuda", torch.float32)
-torch.library.register_autocast("deepclust::prototype_ce_rows", "cpu", torch.float32)
+register_fp32_autocast("prototype_ce_rows")
 
 
 # ----------------------------------------------------------------------------- public op
-def _autocast_fp32(t):
-    """``t`` up-cast to fp32 where it is an fp16/bf16 tensor and autocast is on for its device:
-    under autocast the loss is the fp32 op on the up-cast inputs (torch's policy for losses),
-    which also admits bf16 activations with fp32 prototypes."""
-    if (isinstance(t, Tensor) and t.dtype in (torch.float16, torch.bfloat16)
-            and torch.is_autocast_enabled(t.device.type)):
-        return t.float()
-    return t
-
-
 def prototype_cross_entropy(
     x: Tensor,
     prototypes: Tensor,
@@ -137,7 +125,7 @@ def prototype_cross_entropy(
     Adaptation", CVPR 2023; Caron et al., "Unsupervised Learning of Visual Features by
     Contrasting Cluster Assignments" (SwAV), NeurIPS 2020.
     """
-    x, prototypes = _autocast_fp32(x), _autocast_fp32(prototypes)
+    x, prototypes = autocast_fp32(x), autocast_fp32(prototypes)
     check_prototype_args(x, prototypes, target, temperature)
     path = resolve_impl(impl, x, prototypes, name="x")
     K = prototypes.shape[0]

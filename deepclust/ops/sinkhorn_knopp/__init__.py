@@ -31,7 +31,7 @@ import torch
 from ..._common import (
     check_same_device, check_sinkhorn_args, check_tensor, compute_dtype, get_group,
 )
-from .._plumbing import resolve_impl
+from .._plumbing import register_fp32_autocast, resolve_impl
 from ._eager import Source, sinkhorn_eager
 from . import _launch
 from ._launch import sinkhorn_triton
@@ -74,9 +74,7 @@ def _(z, prototypes, eps, n_iters, impl):
     return z.new_empty((z.shape[0], prototypes.shape[0]), dtype=compute_dtype(z))
 
 
-for _op in ("deepclust::sinkhorn_scores", "deepclust::sinkhorn_embeddings"):
-    for _dev in ("cuda", "cpu"):
-        torch.library.register_autocast(_op, _dev, torch.float32)
+register_fp32_autocast("sinkhorn_scores", "sinkhorn_embeddings")
 
 
 # Over a process group Sinkhorn is not a custom op: the column passes all-reduce between
