@@ -224,3 +224,21 @@ def check_loss_bad_input(loss):
         loss(z, pos.float(), pos)
     with pytest.raises(ValueError, match="pos_edge_index"):
         loss(z, torch.zeros(2, 0, dtype=torch.long), pos)
+
+
+# ----------------------------------------------------------------------------- Sinkhorn / SwAV
+def seed_sinkhorn(out, eps=0.05, n_iters=3, world=1):
+    """The published Sinkhorn-Knopp, literally (no max subtraction), in the dtype of ``out``."""
+    Q = torch.exp(out / eps).t()
+    B, K = Q.shape[1] * world, Q.shape[0]
+    Q = Q / torch.sum(Q)
+    for _ in range(n_iters):
+        Q = Q / torch.sum(Q, dim=1, keepdim=True) / K
+        Q = Q / torch.sum(Q, dim=0, keepdim=True) / B
+    return (Q * B).t()
+
+
+def unit(n, d):
+    """``n`` random rows of unit norm in ``d`` dimensions (global RNG)."""
+    return F.normalize(torch.randn(n, d), dim=1)
+

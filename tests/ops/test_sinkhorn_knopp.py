@@ -3,37 +3,22 @@ import inspect
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import deepclust.reference.sinkhorn_knopp as ref_sk
 import deepclust.reference.swav as ref_swav
-from deepclust.ops import _plumbing
 from deepclust.ops.sinkhorn_knopp import _eager, _kernels, _launch, sinkhorn, sinkhorn_from_embeddings
 from deepclust.ops.swav import swav_loss
-from tests.helpers import DEVICE, DTYPE_IDS, DTYPES, assert_close_to_truth, run_distributed
+from tests.helpers import (
+    DEVICE,
+    DTYPES,
+    DTYPE_IDS,
+    assert_close_to_truth,
+    run_distributed,
+    seed_sinkhorn,
+    unit,
+)
 
 IMPLS = ["torch", "triton"]
-
-
-@pytest.fixture(autouse=True)
-def _nan_outputs(monkeypatch):
-    """Every kernel output starts as NaN: an element a kernel forgets to write fails the test."""
-    monkeypatch.setattr(_plumbing, "POISON_OUTPUTS", True)
-
-
-def seed_sinkhorn(out, eps, n_iters=3, world=1):
-    """The published algorithm, literally (no max subtraction), in the dtype of ``out``."""
-    Q = torch.exp(out / eps).t()
-    B, K = Q.shape[1] * world, Q.shape[0]
-    Q = Q / torch.sum(Q)
-    for _ in range(n_iters):
-        Q = Q / torch.sum(Q, dim=1, keepdim=True) / K
-        Q = Q / torch.sum(Q, dim=0, keepdim=True) / B
-    return (Q * B).t()
-
-
-def unit(n, d):
-    return F.normalize(torch.randn(n, d), dim=1)
 
 
 CASES = [  # (B, K, eps)

@@ -3,26 +3,15 @@ import inspect
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import deepclust.ops.swav as ops_swav
 import deepclust.reference.swav as ref_swav
 from deepclust.ops import _plumbing
 from deepclust.ops.sinkhorn_knopp import sinkhorn
 from deepclust.ops.swav import swav_loss
-from tests.helpers import DTYPE_IDS, DTYPES, assert_close_to_truth
+from tests.helpers import DTYPES, DTYPE_IDS, assert_close_to_truth, unit
 
 IMPLS = ["torch", "triton"]
-
-
-@pytest.fixture(autouse=True)
-def _nan_outputs(monkeypatch):
-    """Every kernel output starts as NaN: an element a kernel forgets to write fails the test."""
-    monkeypatch.setattr(_plumbing, "POISON_OUTPUTS", True)
-
-
-def unit(n, d):
-    return F.normalize(torch.randn(n, d), dim=1)
 
 
 CROP_CASES = [(37, 5, 3, (0, 1)), (33, 70, 4, (1,)), (17, 130, 2, (0, 1))]

@@ -7,22 +7,7 @@ import torch.nn.functional as F
 
 from deepclust.reference.sinkhorn_knopp import sinkhorn
 from deepclust.reference.swav import swav_loss
-from tests.helpers import DTYPE_IDS, DTYPES
-
-
-def seed_sinkhorn(out, eps=0.05, n_iters=3, world=1):
-    """The published algorithm, literally (no max subtraction), in the dtype of ``out``."""
-    Q = torch.exp(out / eps).t()
-    B = Q.shape[1] * world
-    K = Q.shape[0]
-    Q = Q / torch.sum(Q)
-    for _ in range(n_iters):
-        Q = Q / torch.sum(Q, dim=1, keepdim=True)
-        Q = Q / K
-        Q = Q / torch.sum(Q, dim=0, keepdim=True)
-        Q = Q / B
-    Q = Q * B
-    return Q.t()
+from tests.helpers import DTYPES, DTYPE_IDS, seed_sinkhorn
 
 
 def seed_swav_loss(crops, assign, tau, eps, n_iters):
