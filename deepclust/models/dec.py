@@ -373,16 +373,11 @@ def cli_fit(data, config) -> dict:
     continues from it. Under ``torch.distributed`` the batches are sharded (see
     :meth:`DEC.pretrain` and :meth:`DEC.fit`); every rank refreshes the target from all data.
 
-    Measured on scikit-learn's digits (clustering accuracy, one CPU thread, seeds 0 / 1 / 2):
-    DEC 0.853 / 0.791 / 0.848 (mean 0.830) against 0.794 / 0.796 / 0.795 (mean 0.795) for
-    k-means on the raw pixels; the k-means start on the embeddings was 0.805 / 0.787 / 0.808.
-    Seeds 3 / 4 / 5 gave DEC 0.853 / 0.850 / 0.838. Means over seeds 0 to 2 of the variants
-    tried: the previous recipe (20% input dropout) 0.795 (0.730 / 0.803 / 0.851); Gaussian
-    noise 0.2: 0.826, 0.4: 0.849 (but 0.780 on seeds 3 to 5), 0.6: 0.823; no noise 0.784; with
-    dropout, the paper's SGD (lr 0.01, momentum 0.9) for the DEC phase 0.785, Adam lr 1e-4
-    0.781, a cosine pretraining schedule 0.795. A run's quality is set by its pretrained
-    embedding, so single seeds still vary by a few points. One run took 15 to 30 s on one
-    CPU core of a busy 2-core machine.
+    Why this recipe: on the embedded digits, Gaussian input noise during pretraining gave better
+    and steadier embeddings than input dropout or none, and Adam for the DEC phase did better
+    than the paper's SGD; a run's quality is set by its pretrained embedding, so single seeds
+    vary by a few points. Measured results, with seeds and times, are the README's results
+    table (``deepclust report`` over ``bench/results/models/``).
 
     Returns:
         ``{"pred": labels, "kmeans_pred": k-means labels on the raw features,

@@ -227,7 +227,7 @@ def cli_fit(data, config: FitConfig = FitConfig()) -> dict:
     multi-crop (2 full-resolution crops of 50-100% area and 2 crops of 25-55% area at 3/4
     resolution, small rotations/translations, contrast/brightness jitter, pixel noise), Adam
     (lr 2e-3, cosine decay), batch 256, prototypes frozen for the first 20 iterations, 40
-    epochs (``config.epochs`` overrides; about 10-30 s on 2 CPU cores for digits, ACC ~0.9), no
+    epochs (``config.epochs`` overrides; some 10-30 s on 2 CPU cores for digits), no
     queue (a 256 batch is large next to K). Labels: k-means (scikit-learn, 10 restarts) with
     ``n_clusters`` on the normalised embeddings of the un-augmented images: with 10x more
     prototypes than clusters the argmax prototype (:meth:`SwAV.predict`) over-segments.

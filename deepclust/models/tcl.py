@@ -121,7 +121,7 @@ def cli_fit(data, config: FitConfig = FitConfig()) -> dict:
 
     Defaults: a small CNN backbone (128 features), K = number of classes, two views (one weak,
     one strong augmentation), batch 256, Adam (lr 1e-3, weight decay 1e-5), tau 0.5 / 1.0;
-    epochs 40 for digits (~25 s on 2 CPU cores, ACC ~0.8), 10 for usps, 8 for mnist-test, else
+    epochs 40 for digits (some 25 s on 2 CPU cores), 10 for usps, 8 for mnist-test, else
     ``max(5, 100000 // N)``.
 
     With ``config.checkpoint`` a checkpoint (model, optimiser, generator, step) is written
