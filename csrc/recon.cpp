@@ -241,15 +241,6 @@ at::Tensor negative_sampling_cpu(const at::Tensor& edge_index, int64_t num_nodes
 }
 
 // ------------------------------------------------------------------------------ loss (CPU)
-template <typename T>
-struct AccType {
-  using type = float;
-};
-template <>
-struct AccType<double> {
-  using type = double;
-};
-
 constexpr int64_t kChunk = 1024;  // edges per partial sum: fixed, so the result is thread-count independent
 constexpr int64_t kPrefetch = 12;  // rows fetched ahead in the gather loops (random rows of z)
 
@@ -287,7 +278,7 @@ static inline acc_t dot_row(const scalar_t* __restrict__ a, const scalar_t* __re
 
 template <typename scalar_t>
 static double edge_softplus_sum(const scalar_t* z, int64_t d, const at::Tensor& edges, bool positive) {
-  using acc_t = typename AccType<scalar_t>::type;
+  using acc_t = typename AccOf<scalar_t>::type;
   const int64_t E = edges.size(1);
   const int64_t* src = edges.data_ptr<int64_t>();
   const int64_t* dst = src + E;
@@ -338,7 +329,7 @@ at::Tensor recon_loss_cpu(const at::Tensor& z_in, const at::Tensor& pos_in, cons
 template <typename scalar_t, typename idx_t>
 static void recon_backward_kernel(const scalar_t* zp, scalar_t* dzp, int64_t N, int64_t d, const int64_t* ps,
                              int64_t Ep, const int64_t* ns, int64_t En, double g) {
-  using acc_t = typename AccType<scalar_t>::type;
+  using acc_t = typename AccOf<scalar_t>::type;
   const int64_t Et = Ep + En;
   const int64_t row_bytes = d * static_cast<int64_t>(sizeof(scalar_t));
   const acc_t scale_pos = static_cast<acc_t>(g / static_cast<double>(Ep));

@@ -91,4 +91,14 @@ DC_HD T sigmoid(T x) {
   return e / (T(1) + e);
 }
 
+// Accumulation type: fp32 for fp16, bf16 and fp32 inputs, fp64 for fp64.
+template <typename scalar_t>
+struct AccOf {
+  using type = float;
+};
+template <>
+struct AccOf<double> {
+  using type = double;
+};
+
 }  // namespace deepclust

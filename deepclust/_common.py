@@ -116,24 +116,23 @@ def rank(group=None) -> int:
     return 0 if g is None else dist.get_rank(g)
 
 
-def all_reduce_sum(t: torch.Tensor, group=None) -> torch.Tensor:
-    """Sum ``t`` over the group, without gradient (a new tensor; ``t`` is left alone)."""
+def _all_reduce(t: torch.Tensor, op, group) -> torch.Tensor:
     g = get_group(group)
     if g is None:
         return t
     out = t.detach().clone()
-    dist.all_reduce(out, op=dist.ReduceOp.SUM, group=g)
+    dist.all_reduce(out, op=op, group=g)
     return out
+
+
+def all_reduce_sum(t: torch.Tensor, group=None) -> torch.Tensor:
+    """Sum ``t`` over the group, without gradient (a new tensor; ``t`` is left alone)."""
+    return _all_reduce(t, dist.ReduceOp.SUM, group)
 
 
 def all_reduce_max(t: torch.Tensor, group=None) -> torch.Tensor:
     """Maximum of ``t`` over the group, without gradient."""
-    g = get_group(group)
-    if g is None:
-        return t
-    out = t.detach().clone()
-    dist.all_reduce(out, op=dist.ReduceOp.MAX, group=g)
-    return out
+    return _all_reduce(t, dist.ReduceOp.MAX, group)
 
 
 def all_reduce_sum_with_grad(t: torch.Tensor, group=None) -> torch.Tensor:

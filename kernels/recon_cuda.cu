@@ -143,7 +143,7 @@ at::Tensor recon_loss_backward_cuda(const at::Tensor& grad, const at::Tensor& z_
   const int sms = sm_count(z.device());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "recon_loss_backward_cuda", [&] {
     using cuda_t = typename CudaType<scalar_t>::type;
-    using acc_t = typename cuda::AccOf<cuda_t>::type;
+    using acc_t = typename AccOf<cuda_t>::type;
     const cuda_t* zp = reinterpret_cast<const cuda_t*>(z.data_ptr<scalar_t>());
     const int64_t* ps = pos.data_ptr<int64_t>();
     const int64_t* ns = neg.data_ptr<int64_t>();

@@ -7,21 +7,13 @@
 
 #include <cstdint>
 
+#include "../csrc/recon_common.h"  // AccOf, shared with the CPU kernels
+
 namespace deepclust {
 namespace cuda {
 
 // Threads per block of every recon kernel (also its __launch_bounds__).
 constexpr int kThreads = 256;
-
-// Accumulation type: fp32 for fp16, bf16 and fp32 inputs, fp64 for fp64.
-template <typename scalar_t>
-struct AccOf {
-  using type = float;
-};
-template <>
-struct AccOf<double> {
-  using type = double;
-};
 
 // out_u[i], out_v[i] = draw_negative(seed, i, ...) for i < num_samples (csrc/recon_common.h).
 cudaError_t launch_negative_sampling(const int64_t* gaps, int64_t n_gaps, int64_t num_nodes,

@@ -15,28 +15,6 @@ from .sinkhorn_knopp import sinkhorn, sinkhorn_from_embeddings
 from .swav import swav_loss
 from .tsd import select_supports, topk_cluster_loss, tsd_prototype_loss
 
-_EXPORTS = {
-    "soft_assign": "dec",
-    "target_distribution": "dec",
-    "dec_loss": "dec",
-    "hard_assign": "dec",
-    "sinkhorn": "sinkhorn_knopp",
-    "sinkhorn_from_embeddings": "sinkhorn_knopp",
-    "swav_loss": "swav",
-    "instance_contrastive_loss": "contrastive",
-    "cluster_contrastive_loss": "contrastive",
-    "prototype_cross_entropy": "prototype",
-    "negative_sampling": "recon",
-    "recon_loss": "recon",
-    # PCL (MoCo InfoNCE, k-means concentration, ProtoNCE)
-    "info_nce_loss": "pcl",
-    "cluster_concentration": "pcl",
-    "proto_nce_loss": "pcl",
-    # TSD (support memory, prototype loss, top-k neighbour loss)
-    "select_supports": "tsd",
-    "tsd_prototype_loss": "tsd",
-    "topk_cluster_loss": "tsd",
-}
 __all__ = [
     "cluster_concentration", "cluster_contrastive_loss", "dec_loss", "hard_assign",
     "info_nce_loss", "instance_contrastive_loss", "negative_sampling", "proto_nce_loss",
@@ -44,3 +22,5 @@ __all__ = [
     "sinkhorn_from_embeddings", "soft_assign", "swav_loss", "target_distribution",
     "topk_cluster_loss", "tsd_prototype_loss",
 ]
+# name -> module, the twin of deepclust.ops._EXPORTS (read off the imports above)
+_EXPORTS = {name: globals()[name].__module__.rpartition(".")[2] for name in __all__}

@@ -7,17 +7,7 @@ import pytest
 import torch
 
 from deepclust.reference import negative_sampling, recon_loss
-from tests.helpers import (
-    check_loss_bad_input,
-    check_sampler_bad_input,
-    check_sampler_dense,
-    check_sampler_properties,
-    check_sampler_uniform,
-    edge_set,
-    random_graph,
-    recon_truth,
-    seed_recon_loss,
-)
+from tests import helpers as H  # the recon checks shared with tests/ops/test_recon.py
 
 
 # ----------------------------------------------------------------------------- loss
@@ -31,9 +21,9 @@ def test_hand_worked_value():
 
 def test_matches_seed_formula_float64():
     z = torch.randn(40, 9, dtype=torch.float64)
-    pos = random_graph(40, 120, seed=1)
-    neg = random_graph(40, 80, seed=2)
-    torch.testing.assert_close(recon_loss(z, pos, neg), seed_recon_loss(z, pos, neg), rtol=1e-10, atol=1e-12)
+    pos = H.random_graph(40, 120, seed=1)
+    neg = H.random_graph(40, 80, seed=2)
+    torch.testing.assert_close(recon_loss(z, pos, neg), H.seed_recon_loss(z, pos, neg), rtol=1e-10, atol=1e-12)
 
 
 def test_no_saturation_at_large_scores():
@@ -43,32 +33,32 @@ def test_no_saturation_at_large_scores():
     neg = torch.tensor([[0], [0]])  # s = +100 (a self pair: allowed in the loss)
     loss = recon_loss(z, pos, neg)
     assert loss.item() == pytest.approx(200.0, rel=1e-12)
-    assert seed_recon_loss(z.detach(), pos, neg).item() < 70
+    assert H.seed_recon_loss(z.detach(), pos, neg).item() < 70
     loss.backward()
     assert torch.isfinite(z.grad).all() and z.grad.abs().max() > 1.0
 
 
 def test_gradcheck_float64():
     z = torch.randn(11, 5, dtype=torch.float64, requires_grad=True)
-    pos = random_graph(11, 30, seed=5)
-    neg = random_graph(11, 17, seed=6)
+    pos = H.random_graph(11, 30, seed=5)
+    neg = H.random_graph(11, 17, seed=6)
     assert torch.autograd.gradcheck(lambda t: recon_loss(t, pos, neg), (z,))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
 def test_low_precision_dtypes(dtype):
     z = torch.randn(30, 16)
-    pos = random_graph(30, 90, seed=7)
-    neg = random_graph(30, 90, seed=8)
+    pos = H.random_graph(30, 90, seed=7)
+    neg = H.random_graph(30, 90, seed=8)
     out = recon_loss(z.to(dtype), pos, neg)
     assert out.dtype == dtype
-    truth = recon_truth(z.to(dtype), pos, neg)
+    truth = H.recon_truth(z.to(dtype), pos, neg)
     torch.testing.assert_close(out.double(), truth, rtol=1e-2, atol=1e-2)
 
 
 def test_default_negatives_reproducible():
     z = torch.randn(25, 4, dtype=torch.float64)
-    pos = random_graph(25, 60, seed=9)
+    pos = H.random_graph(25, 60, seed=9)
     a = recon_loss(z, pos, generator=torch.Generator().manual_seed(1))
     b = recon_loss(z, pos, generator=torch.Generator().manual_seed(1))
     assert a.item() == b.item()
@@ -77,7 +67,7 @@ def test_default_negatives_reproducible():
 
 
 def test_loss_bad_input():
-    check_loss_bad_input(recon_loss)
+    H.check_loss_bad_input(recon_loss)
 
 
 # ----------------------------------------------------------------------------- sampler
@@ -86,22 +76,22 @@ def _ref_sample(ei, n, s, gen):
 
 
 def test_sampler_properties():
-    check_sampler_properties(_ref_sample)
+    H.check_sampler_properties(_ref_sample)
 
 
 def test_sampler_uniform():
-    check_sampler_uniform(_ref_sample)
+    H.check_sampler_uniform(_ref_sample)
 
 
 def test_sampler_dense_and_complete():
-    check_sampler_dense(_ref_sample)
+    H.check_sampler_dense(_ref_sample)
 
 
 def test_sampler_bad_input():
-    check_sampler_bad_input(negative_sampling)
+    H.check_sampler_bad_input(negative_sampling)
 
 
 def test_sampler_int32_and_duplicates():
     ei = torch.tensor([[0, 0, 1, 1], [1, 1, 2, 2]], dtype=torch.int32)
     out = negative_sampling(ei, 3, 200, generator=torch.Generator().manual_seed(0))
-    assert edge_set(out) == {(0, 2), (1, 0), (2, 0), (2, 1)}
+    assert H.edge_set(out) == {(0, 2), (1, 0), (2, 0), (2, 1)}
