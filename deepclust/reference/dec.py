@@ -15,13 +15,11 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .._common import check_dec_loss_args, check_positive, check_tensor, check_z_centers
+from .._common import (
+    check_dec_loss_args, check_positive, check_tensor, check_z_centers, compute_dtype,
+)
 
 __all__ = ["soft_assign", "target_distribution", "dec_loss", "hard_assign"]
-
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _sq_dist(z: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
@@ -63,7 +61,7 @@ def soft_assign(z: torch.Tensor, centers: torch.Tensor, alpha: float = 1.0) -> t
     """
     check_z_centers(z, centers)
     alpha = check_positive(alpha, "alpha")
-    ct = _compute_dtype(z.dtype)
+    ct = compute_dtype(z)
     return _soft_assign(z.to(ct), centers.to(ct), alpha).to(z.dtype)
 
 
@@ -84,7 +82,7 @@ def target_distribution(q: torch.Tensor) -> torch.Tensor:
     Reference: Xie et al., ICML 2016, eq. (3).
     """
     check_tensor(q, "q", ndim=2)
-    ct = _compute_dtype(q.dtype)
+    ct = compute_dtype(q)
     return _target_distribution(q.detach().to(ct)).to(q.dtype)
 
 
@@ -117,7 +115,7 @@ def dec_loss(
     Reference: Xie et al., ICML 2016, eq. (2).
     """
     alpha = check_dec_loss_args(z, centers, alpha, target)
-    ct = _compute_dtype(z.dtype)
+    ct = compute_dtype(z)
     q = _soft_assign(z.to(ct), centers.to(ct), alpha)
     p = _target_distribution(q) if target is None else target.detach().to(ct)
     return F.kl_div(q.log(), p, reduction="batchmean").to(z.dtype)
@@ -136,6 +134,6 @@ def hard_assign(z: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
     Reference: Xie et al., ICML 2016 (cluster assignment and the convergence criterion).
     """
     check_z_centers(z, centers)
-    ct = _compute_dtype(z.dtype)
+    ct = compute_dtype(z)
     with torch.no_grad():
         return _sq_dist(z.detach().to(ct), centers.detach().to(ct)).argmin(dim=1)

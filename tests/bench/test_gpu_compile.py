@@ -259,7 +259,7 @@ def test_recorder_hard_assign():
     assert out["labels"] == [5]
     (rec,) = [r for r in out["records"] if r["name"] == "_hard_assign_kernel"]
     assert len(out["records"]) == 1
-    assert rec["module"] == "deepclust.ops.dec"
+    assert rec["module"] == "deepclust.ops.dec._kernels"
     assert rec["used_by"] == ["bench"] and rec["cases"] == ["hard_assign 5x3 K=2"]
     assert {"BLOCK_N", "BLOCK_K", "BLOCK_D", "PREC"} <= set(rec["constexprs"])
     assert all(isinstance(rec["constexprs"][k], int) and rec["constexprs"][k] > 0

@@ -4,7 +4,11 @@ import inspect
 import pytest
 import torch
 
+from deepclust.ops import _plumbing
 from deepclust.ops import dec as ops_dec
+from deepclust.ops.dec import _eager as dec_eager
+from deepclust.ops.dec import _kernels as dec_kernels
+from deepclust.ops.dec import _launch as dec_launch
 from deepclust.ops.dec import dec_loss, hard_assign, soft_assign, target_distribution
 from deepclust.reference import dec as ref
 from tests.helpers import DTYPE_IDS, DTYPES, assert_close_to_truth
@@ -14,12 +18,6 @@ SMALL = (37, 5, 19)  # one K tile, one feature tile
 MEDIUM = (129, 70, 130)  # several K tiles, several row blocks per program
 LARGE_D = (70, 130, 300)  # K and d both above one tile: feature tiles loop
 SLICES = (300, 19, 5)  # several row blocks: the column-major kernels split the rows in slices
-
-
-@pytest.fixture(autouse=True)
-def _poison(monkeypatch):
-    """Every kernel output starts as NaN, so an element the kernel forgets fails the test."""
-    monkeypatch.setattr(ops_dec, "_POISON_OUTPUTS", True)
 
 
 def _inputs(shape, dtype, device, scale=0.5):
@@ -100,10 +98,10 @@ def test_dec_loss_float64_torch_path():
 @pytest.mark.parametrize("cached", [False, True], ids=["batch_target", "cached_target"])
 def test_dec_loss_torch_path_in_row_chunks(monkeypatch, cached):
     """Batches larger than one chunk take the two-pass chunked torch path."""
-    monkeypatch.setattr(ops_dec, "_TORCH_CHUNK_ELEMS", 64)  # 64 // K = 12 rows per chunk
+    monkeypatch.setattr(dec_eager, "_TORCH_CHUNK_ELEMS", 64)  # 64 // K = 12 rows per chunk
     z, mu = _inputs(SMALL, torch.float64, "cpu")
     tgt = _cached_target(SMALL[0], SMALL[1], torch.float64, "cpu") if cached else None
-    assert len(ops_dec._chunks(SMALL[0], SMALL[1])) > 1
+    assert len(_plumbing.row_chunks(SMALL[0], SMALL[1], dec_eager._TORCH_CHUNK_ELEMS)) > 1
     out = _loss_and_grads(dec_loss, z, mu, alpha=0.5, target=tgt, impl="torch")
     want = _loss_and_grads(ref.dec_loss, z, mu, alpha=0.5, target=tgt)
     for o, w in zip(out, want):
@@ -234,11 +232,31 @@ def test_hard_assign_ties_go_to_lowest_index(impl, device):
 
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("cached", [False, True], ids=["batch_target", "cached_target"])
-def test_opcheck(impl, cached, device):
+def test_opcheck_dec_loss(impl, cached, device):
     z, mu = _inputs((21, 4, 17), torch.float32, device)
     tgt = _cached_target(21, 4, torch.float32, device) if cached else None
     args = (z.requires_grad_(), mu.requires_grad_(), tgt, 1.5, impl, True, True)
     torch.library.opcheck(torch.ops.deepclust.dec_loss.default, args)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_opcheck_soft_assign(impl, device):
+    z, mu = _inputs((21, 4, 17), torch.float32, device)
+    args = (z.requires_grad_(), mu.requires_grad_(), 1.5, impl)
+    torch.library.opcheck(torch.ops.deepclust.soft_assign.default, args)
+    q = soft_assign(z.detach(), mu.detach(), 1.5, impl=impl)
+    gq = torch.randn_like(q)
+    for need in ((True, True), (True, False), (False, True)):
+        args = (gq, z.detach(), mu.detach(), q, 1.5) + need
+        torch.library.opcheck(torch.ops.deepclust.soft_assign_backward.default, args)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_opcheck_target_distribution_and_hard_assign(impl, device):
+    z, mu = _inputs((21, 4, 17), torch.float32, device)
+    q = soft_assign(z, mu, impl="torch")
+    torch.library.opcheck(torch.ops.deepclust.target_distribution.default, (q, impl))
+    torch.library.opcheck(torch.ops.deepclust.hard_assign.default, (z, mu, impl))
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -254,6 +272,59 @@ def test_torch_compile_fullgraph(impl, device):
     want = _loss_and_grads(fn, z, mu)
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_torch_compile_fullgraph_assignments(impl, device):
+    z, mu = _inputs((21, 4, 17), torch.float32, device)
+    gq = torch.randn(21, 4, device=device)
+
+    def fn(z, mu):
+        q = soft_assign(z, mu, 1.5, impl=impl)
+        return (q * gq).sum(), target_distribution(q, impl=impl), hard_assign(z, mu, impl=impl)
+
+    def run(f):
+        zg, mg = z.detach().clone().requires_grad_(), mu.detach().clone().requires_grad_()
+        s, p, labels = f(zg, mg)
+        s.backward()
+        return s.detach(), p, labels, zg.grad, mg.grad
+
+    got = run(torch.compile(fn, fullgraph=True, backend="aot_eager"))
+    want = run(fn)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+
+
+def test_cpu_bf16_autocast():
+    """Under CPU bf16 autocast, bf16 z with fp32 centres runs the fp32 op on the up-cast inputs
+    (fp32 results), and the gradients reach both in their own dtypes, finite."""
+    z, mu = _inputs(SMALL, torch.float32, "cpu")
+    zb = z.bfloat16()
+    tgt = _cached_target(SMALL[0], SMALL[1], torch.float32, "cpu")
+    for t in (None, tgt):
+        zg, mg = zb.clone().requires_grad_(), mu.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = dec_loss(zg, mg, 1.5, t, impl="torch")
+        assert loss.dtype == torch.float32
+        want = _loss_and_grads(dec_loss, zb.float(), mu, alpha=1.5, target=t, impl="torch")
+        torch.testing.assert_close(loss, want[0])
+        loss.backward()
+        assert zg.grad.dtype == torch.bfloat16 and mg.grad.dtype == torch.float32
+        assert torch.isfinite(zg.grad).all() and torch.isfinite(mg.grad).all()
+        torch.testing.assert_close(zg.grad, want[1].bfloat16())
+        torch.testing.assert_close(mg.grad, want[2])
+    zg, mg = zb.clone().requires_grad_(), mu.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        q = soft_assign(zg, mg, 1.5, impl="torch")
+        p = target_distribution(q.bfloat16(), impl="torch")
+        labels = hard_assign(zg, mg, impl="torch")
+    assert q.dtype == torch.float32 and p.dtype == torch.float32
+    torch.testing.assert_close(q, soft_assign(zb.float(), mu, 1.5, impl="torch"))
+    torch.testing.assert_close(
+        p, target_distribution(q.detach().bfloat16().float(), impl="torch"))
+    assert torch.equal(labels, hard_assign(zb.float(), mu, impl="torch"))
+    (q * torch.arange(SMALL[1])).sum().backward()
+    assert torch.isfinite(zg.grad).all() and torch.isfinite(mg.grad).all()
 
 
 def test_bad_inputs(device):
@@ -312,20 +383,22 @@ def test_config_same_for_interpreter_and_gpu(dtype):
 def test_partial_buffers_are_bounded(monkeypatch):
     """Centre gradients and column sums go through at most max(K d, _PARTIAL_ELEMS) elements
     of per-slice partials, at the benchmark's sizes on a 132-SM GPU."""
-    monkeypatch.setattr(ops_dec, "num_programs", lambda nb, dev, per_sm=8: max(1, min(nb, 1056)))
+    monkeypatch.setattr(dec_launch, "num_programs",
+                        lambda nb, dev, per_sm=8: max(1, min(nb, 1056)))
     for _, k, d in CONFIG_SHAPES:
         for n in (37, 1 << 14, 1 << 20):
             cfg = ops_dec._config(k, d, torch.float32, "cuda")
             num_rb = -(-n // cfg.grad_block_n)
             other = -(-k // cfg.grad_block_k) * -(-d // cfg.block_g_cached)
-            s, per = ops_dec._slices(num_rb, other, k * d, torch.device("cpu"))
+            s, per = dec_launch._slices(num_rb, other, k * d, torch.device("cpu"))
             assert 1 <= s <= num_rb and (s - 1) * per < num_rb <= s * per
-            assert s * k * d <= max(k * d, ops_dec._PARTIAL_ELEMS)
+            assert s * k * d <= max(k * d, dec_launch._PARTIAL_ELEMS)
 
 
 def test_kernels_use_no_atomics():
     """Every cross-program reduction goes through partial buffers summed in a fixed order."""
-    assert "atomic_" not in inspect.getsource(ops_dec)  # tl.atomic_add, tl.atomic_cas, ...
+    for mod in (ops_dec, dec_launch, dec_kernels, dec_eager):
+        assert "atomic_" not in inspect.getsource(mod)  # tl.atomic_add, tl.atomic_cas, ...
 
 
 @pytest.mark.parametrize("shape", [SLICES, LARGE_D], ids=["slices", "large_d"])
@@ -349,10 +422,10 @@ def test_one_row_slice_matches_many(monkeypatch, device):
     tightest)."""
     n, k, d = SLICES
     cfg = ops_dec._config(k, d, torch.float32, "cuda")
-    assert ops_dec._slices(-(-n // cfg.grad_block_n), 1, k * d, torch.device(device))[0] > 1
+    assert dec_launch._slices(-(-n // cfg.grad_block_n), 1, k * d, torch.device(device))[0] > 1
     z, mu = _inputs(SLICES, torch.float32, device)
     many = _loss_and_grads(dec_loss, z, mu, impl="triton")
-    monkeypatch.setattr(ops_dec, "_PARTIAL_ELEMS", 1)
+    monkeypatch.setattr(dec_launch, "_PARTIAL_ELEMS", 1)
     one = _loss_and_grads(dec_loss, z, mu, impl="triton")
     for a, b in zip(many, one):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
