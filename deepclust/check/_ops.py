@@ -24,13 +24,19 @@ def _unit(n, d, g):
     return F.normalize(torch.randn(n, d, generator=g, dtype=torch.float64), dim=1)
 
 
+def _points_and_centres(size, seed):
+    """The generator, points z (N x d) and centres (K x d) of a DEC-family check, in float64."""
+    n, k, d = size
+    g = _gen(seed)
+    z = torch.randn(n, d, generator=g, dtype=torch.float64) * 0.5
+    return g, z, torch.randn(k, d, generator=g, dtype=torch.float64) * 0.5
+
+
 # --------------------------------------------------------------------------- the ops
 def _dec_loss(fused, refs, dtype, device, size, seed):
     ref = refs.dec_loss
     n, k, d = size
-    g = _gen(seed)
-    z = torch.randn(n, d, generator=g, dtype=torch.float64) * 0.5
-    mu = torch.randn(k, d, generator=g, dtype=torch.float64) * 0.5
+    g, z, mu = _points_and_centres(size, seed)
     out = compare_fwd_bwd(("loss", "grad z", "grad centers"), fused, ref, [z, mu], dtype, device,
                           1.0)
     # a cached target: one pass of the fused kernel
@@ -48,9 +54,7 @@ def _dec_loss(fused, refs, dtype, device, size, seed):
 def _soft_assign(fused, refs, dtype, device, size, seed):
     ref = refs.soft_assign
     n, k, d = size
-    g = _gen(seed)
-    z = torch.randn(n, d, generator=g, dtype=torch.float64) * 0.5
-    mu = torch.randn(k, d, generator=g, dtype=torch.float64) * 0.5
+    g, z, mu = _points_and_centres(size, seed)
     gq = torch.randn(n, k, generator=g, dtype=torch.float64).to(dtype)
     return compare_fwd_bwd(("q", "grad z", "grad centers"), fused, ref, [z, mu], dtype, device,
                            0.5, grad_out=gq)

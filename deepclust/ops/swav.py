@@ -40,9 +40,12 @@ if HAS_TRITON:
     _NEG = tl.constexpr(-1.0e30)  # finite "minus infinity" for running maxima
 
     @triton.jit
-    def _scores_and_targets(X, Q, W, v, rows, cols, mask, B, K, A, stride_xv, stride_xb,
+    def _scores_and_targets(X, Q, W, v, rows, mask_r, k0, B, K, A, stride_xv, stride_xb,
                             stride_xk, inv_tau, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr):
-        """One (rows x cols) tile of crop v: x = X / tau and the soft target t = sum_a W[v, a] Q[a]."""
+        """The tile of crop v at columns ``k0 ...``: its columns, mask, x = X / tau and the soft
+        target t = sum_a W[v, a] Q[a]."""
+        cols = k0 + tl.arange(0, BLOCK_K).to(tl.int64)
+        mask = mask_r[:, None] & (cols < K)[None, :]
         x = tl.load(X + v * stride_xv + rows[:, None] * stride_xb + cols[None, :] * stride_xk,
                     mask=mask, other=0.0).to(tl.float32) * inv_tau
         t = tl.zeros((BLOCK_B, BLOCK_K), dtype=tl.float32)
@@ -50,7 +53,7 @@ if HAS_TRITON:
             w = tl.load(W + v * A + a)
             q = tl.load(Q + (rows[:, None] + a * B) * K + cols[None, :], mask=mask, other=0.0)
             t += w * q
-        return x, t
+        return cols, mask, x, t
 
     @triton.jit
     def _swav_ce_fwd_kernel(X, Q, W, ROWLOSS, LSE, TSUM, B, K, A, stride_xv, stride_xb,
@@ -65,11 +68,9 @@ if HAS_TRITON:
         tx = tl.zeros((BLOCK_B,), dtype=tl.float32)
         ts = tl.zeros((BLOCK_B,), dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
-            cols = k0 + tl.arange(0, BLOCK_K).to(tl.int64)
-            mask_c = cols < K
-            mask = mask_r[:, None] & mask_c[None, :]
-            x, t = _scores_and_targets(X, Q, W, v, rows, cols, mask, B, K, A, stride_xv,
-                                       stride_xb, stride_xk, inv_tau, BLOCK_B, BLOCK_K)
+            cols, mask, x, t = _scores_and_targets(X, Q, W, v, rows, mask_r, k0, B, K, A,
+                                                   stride_xv, stride_xb, stride_xk, inv_tau,
+                                                   BLOCK_B, BLOCK_K)
             tx += tl.sum(t * x, axis=1)
             ts += tl.sum(t, axis=1)
             xm = tl.where(mask, x, float("-inf"))
@@ -94,11 +95,9 @@ if HAS_TRITON:
         lse = tl.load(LSE + v * B + rows, mask=mask_r, other=0.0)
         ts = tl.load(TSUM + v * B + rows, mask=mask_r, other=0.0)
         for k0 in range(0, K, BLOCK_K):
-            cols = k0 + tl.arange(0, BLOCK_K).to(tl.int64)
-            mask_c = cols < K
-            mask = mask_r[:, None] & mask_c[None, :]
-            x, t = _scores_and_targets(X, Q, W, v, rows, cols, mask, B, K, A, stride_xv,
-                                       stride_xb, stride_xk, inv_tau, BLOCK_B, BLOCK_K)
+            cols, mask, x, t = _scores_and_targets(X, Q, W, v, rows, mask_r, k0, B, K, A,
+                                                   stride_xv, stride_xb, stride_xk, inv_tau,
+                                                   BLOCK_B, BLOCK_K)
             dx = g * (tl.exp(x - lse[:, None]) * ts[:, None] - t)
             tl.store(DX + v * B * K + rows[:, None] * K + cols[None, :],
                      dx.to(DX.dtype.element_ty), mask=mask)

@@ -32,9 +32,13 @@ if triton is not None:
         return s * invt[None, :]
 
     @triton.jit
-    def _grad_tile(s, T, TSUM, LSE, INVT, rn64, mask_n, rk64, mask_k, stn, stk,
-                   SOFT: tl.constexpr):
-        """dL/dlogits scaled to dL/d(x.p) per unit row gradient: (tsum * softmax - t) / T."""
+    def _grad_tile(X, P, T, TSUM, LSE, INVT, rn64, mask_n, rk64, mask_k, D, sxn, sxd, spk, spd,
+                   stn, stk, SOFT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                   BLOCK_D: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
+        """dL/dlogits scaled to dL/d(x.p) per unit row gradient: (tsum * softmax - t) / T.
+        The logits are recomputed with the forward's tiles, so they are its logits bit for bit."""
+        s = _logits_tile(X, P, INVT, rn64, mask_n, rk64, mask_k, D, sxn, sxd, spk, spd,
+                         BLOCK_N, BLOCK_K, BLOCK_D, PREC, UPCAST)
         lse = tl.load(LSE + rn64, mask=mask_n, other=0.0)
         invt = tl.load(INVT + rk64, mask=mask_k, other=0.0)
         prob = tl.exp(s - lse[:, None])
@@ -113,9 +117,8 @@ if triton is not None:
         for k0 in range(0, K, BLOCK_K):
             rk64 = k0 + tl.arange(0, BLOCK_K).to(tl.int64)
             mask_k = rk64 < K
-            s = _logits_tile(X, P, INVT, rn64, mask_n, rk64, mask_k, D, sxn, sxd, spk, spd,
-                             BLOCK_N, BLOCK_K, BLOCK_D, PREC, UPCAST)
-            g = _grad_tile(s, T, TSUM, LSE, INVT, rn64, mask_n, rk64, mask_k, stn, stk, SOFT)
+            g = _grad_tile(X, P, T, TSUM, LSE, INVT, rn64, mask_n, rk64, mask_k, D, sxn, sxd, spk,
+                           spd, stn, stk, SOFT, BLOCK_N, BLOCK_K, BLOCK_D, PREC, UPCAST)
             g = _dot_operand(g, P.dtype.element_ty, UPCAST)
             po = tl.load(P + rk64[:, None] * spk + ro64[None, :] * spd,
                          mask=mask_k[:, None] & mask_o[None, :], other=0.0)
@@ -148,9 +151,8 @@ if triton is not None:
         for n0 in range(0, ROWS_PER_SPLIT, BLOCK_N):
             rn64 = n_start + n0 + tl.arange(0, BLOCK_N)
             mask_n = rn64 < N
-            s = _logits_tile(X, P, INVT, rn64, mask_n, rk64, mask_k, D, sxn, sxd, spk, spd,
-                             BLOCK_N, BLOCK_K, BLOCK_D, PREC, UPCAST)
-            g = _grad_tile(s, T, TSUM, LSE, INVT, rn64, mask_n, rk64, mask_k, stn, stk, SOFT)
+            g = _grad_tile(X, P, T, TSUM, LSE, INVT, rn64, mask_n, rk64, mask_k, D, sxn, sxd, spk,
+                           spd, stn, stk, SOFT, BLOCK_N, BLOCK_K, BLOCK_D, PREC, UPCAST)
             grow = tl.load(GROW + rn64, mask=mask_n, other=0.0)
             g = _dot_operand(g * grow[:, None], X.dtype.element_ty, UPCAST)
             xo = tl.load(X + rn64[:, None] * sxn + ro64[None, :] * sxd,

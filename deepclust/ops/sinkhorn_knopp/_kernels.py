@@ -70,6 +70,21 @@ def _sk_col_pass_kernel(S, Z, P, LA, PM, PS, B, K, D, rows_per_prog, stride_sb, 
 
 
 @triton.jit
+def _shifted_tile(S, Z, P, LB, rows, mask_r, k0, K, D, stride_sb, stride_sk, stride_zb,
+                  stride_zd, stride_pk, stride_pd, inv_eps, FROM_EMB: tl.constexpr,
+                  BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+                  DOT_PREC: tl.constexpr):
+    """Columns ``k0 ...`` of ``S / eps + b`` (-inf outside the matrix), their indices and mask."""
+    cols = k0 + tl.arange(0, BLOCK_K).to(tl.int64)
+    mask_c = cols < K
+    x = _score_tile(S, Z, P, rows, cols, mask_r, mask_c, D, stride_sb, stride_sk,
+                    stride_zb, stride_zd, stride_pk, stride_pd, inv_eps, FROM_EMB,
+                    BLOCK_B, BLOCK_K, BLOCK_D, DOT_PREC)
+    lb = tl.load(LB + cols, mask=mask_c, other=0.0)
+    return cols, mask_c, tl.where(mask_r[:, None] & mask_c[None, :], x + lb[None, :], float("-inf"))
+
+
+@triton.jit
 def _sk_row_pass_kernel(S, Z, P, LB, LA, OUT, B, K, D, stride_sb, stride_sk, stride_zb,
                         stride_zd, stride_pk, stride_pd, inv_eps, WRITE: tl.constexpr,
                         FROM_EMB: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -81,27 +96,20 @@ def _sk_row_pass_kernel(S, Z, P, LB, LA, OUT, B, K, D, stride_sb, stride_sk, str
     m = tl.full((BLOCK_B,), _NEG, dtype=tl.float32)
     s = tl.zeros((BLOCK_B,), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
-        cols = k0 + tl.arange(0, BLOCK_K).to(tl.int64)
-        mask_c = cols < K
-        x = _score_tile(S, Z, P, rows, cols, mask_r, mask_c, D, stride_sb, stride_sk,
-                        stride_zb, stride_zd, stride_pk, stride_pd, inv_eps, FROM_EMB,
-                        BLOCK_B, BLOCK_K, BLOCK_D, DOT_PREC)
-        lb = tl.load(LB + cols, mask=mask_c, other=0.0)
-        x = tl.where(mask_r[:, None] & mask_c[None, :], x + lb[None, :], float("-inf"))
+        _, _, x = _shifted_tile(S, Z, P, LB, rows, mask_r, k0, K, D, stride_sb, stride_sk,
+                                stride_zb, stride_zd, stride_pk, stride_pd, inv_eps, FROM_EMB,
+                                BLOCK_B, BLOCK_K, BLOCK_D, DOT_PREC)
         m_new = tl.maximum(m, tl.max(x, axis=1))
         s = s * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new[:, None]), axis=1)
         m = m_new
     lse = tl.where(mask_r, m + tl.log(tl.where(mask_r, s, 1.0)), 0.0)
     if WRITE:
         for k0 in range(0, K, BLOCK_K):
-            cols = k0 + tl.arange(0, BLOCK_K).to(tl.int64)
-            mask_c = cols < K
-            x = _score_tile(S, Z, P, rows, cols, mask_r, mask_c, D, stride_sb, stride_sk,
-                            stride_zb, stride_zd, stride_pk, stride_pd, inv_eps, FROM_EMB,
-                            BLOCK_B, BLOCK_K, BLOCK_D, DOT_PREC)
-            lb = tl.load(LB + cols, mask=mask_c, other=0.0)
-            mask = mask_r[:, None] & mask_c[None, :]
-            q = tl.exp(tl.where(mask, x + lb[None, :] - lse[:, None], float("-inf")))
-            tl.store(OUT + rows[:, None] * K + cols[None, :], q, mask=mask)
+            cols, mask_c, x = _shifted_tile(S, Z, P, LB, rows, mask_r, k0, K, D, stride_sb,
+                                            stride_sk, stride_zb, stride_zd, stride_pk, stride_pd,
+                                            inv_eps, FROM_EMB, BLOCK_B, BLOCK_K, BLOCK_D, DOT_PREC)
+            q = tl.exp(x - lse[:, None])  # exp(-inf) = 0 outside the matrix
+            tl.store(OUT + rows[:, None] * K + cols[None, :], q,
+                     mask=mask_r[:, None] & mask_c[None, :])
     else:
         tl.store(LA + rows, -lse, mask=mask_r)
