@@ -138,10 +138,11 @@ def _digits(n):
 
 
 def _tcl_model():
-    from deepclust.models.tcl import TCL, _SmallCNN
+    from deepclust.models._images import SmallCNN
+    from deepclust.models.tcl import TCL
 
     torch.manual_seed(0)
-    return TCL(_SmallCNN(1, 8, 8, feat_dim=16), 16, 4, instance_dim=8, impl="torch")
+    return TCL(SmallCNN(1, 8, 8, feat_dim=16), 16, 4, instance_dim=8, impl="torch")
 
 
 def _tcl_views():

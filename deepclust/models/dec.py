@@ -18,8 +18,11 @@ from .. import distributed
 from .._common import all_reduce_sum, check_int, check_positive, check_tensor
 from ..nn.autoencoder import check_noise, corrupt, mlp
 from ..nn.dec_head import DECClusterHead
+from ._images import affine_rows
 
 __all__ = ["DEC", "cli_fit"]
+
+Augment = Callable[[Tensor, torch.Generator], Tensor]  # (rows, generator) -> augmented rows
 
 
 def _bar(total, desc, progress):
@@ -99,7 +102,7 @@ class DEC(nn.Module):
     def pretrain(self, x: Tensor, epochs: int = 200, batch_size: int = 256, lr: float = 1e-3,
                  noise: float = 0.2, weight_decay: float = 0.0, seed: int = 0,
                  progress: bool = False, noise_type: str = "dropout", *,
-                 start: Optional[dict] = None,
+                 augment: Optional[Augment] = None, start: Optional[dict] = None,
                  on_epoch: Optional[Callable[[int, dict], None]] = None) -> List[float]:
         """Train the autoencoder on the mean squared reconstruction error with Adam.
 
@@ -119,6 +122,8 @@ class DEC(nn.Module):
             seed: seed of the batch shuffling.
             progress: show a tqdm bar.
             noise_type: ``"dropout"`` (default) or ``"gaussian"``.
+            augment: ``augment(rows, generator) -> rows``, applied to every batch before the
+                noise; the augmented batch is then also the target (DEC-DA's pretraining).
             start: a loop state given to ``on_epoch`` by an earlier call (resume from it).
             on_epoch: called as ``on_epoch(epochs_done, loop_state)`` at the end of every
                 epoch; ``loop_state`` (optimiser, generators, history) is what ``start`` takes.
@@ -155,6 +160,8 @@ class DEC(nn.Module):
                 total = torch.zeros((), device=x.device)
                 for i in range(0, n, batch_size):
                     xb = x[perm[i:i + batch_size]]
+                    if augment is not None:
+                        xb = augment(xb, ngen)
                     xin = corrupt(xb, noise, noise_type, ngen)
                     if world == 1:
                         loss = (self.decoder(self.encoder(xin)) - xb).pow(2).mean()
@@ -202,7 +209,8 @@ class DEC(nn.Module):
     def fit(self, x: Tensor, epochs: Optional[int] = None, max_iter: Optional[int] = None,
             batch_size: int = 256, update_interval: int = 140, tol: float = 1e-3,
             lr: float = 0.01, momentum: float = 0.9, optimizer: str = "sgd", seed: int = 0,
-            progress: bool = False, *, start: Optional[dict] = None,
+            progress: bool = False, *, augment: Optional[Augment] = None,
+            start: Optional[dict] = None,
             on_epoch: Optional[Callable[[int, dict], None]] = None) -> Dict[str, object]:
         """Train the encoder and the centres on DEC's ``KL(P || Q)``.
 
@@ -226,6 +234,8 @@ class DEC(nn.Module):
             optimizer: ``"sgd"`` or ``"adam"``.
             seed: seed of the batch shuffling.
             progress: show a tqdm bar.
+            augment: ``augment(rows, generator) -> rows``: the encoder sees every training
+                batch augmented while the target ``P`` comes from the clean data (DEC-DA).
             start: a loop state given to ``on_epoch`` by an earlier call (resume from it).
             on_epoch: called as ``on_epoch(iteration, loop_state)`` after every target refresh
                 that does not end training; ``loop_state`` (optimiser, generator, permutation,
@@ -256,6 +266,7 @@ class DEC(nn.Module):
         else:
             raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}")
         gen = torch.Generator().manual_seed(int(seed))
+        agen = torch.Generator(device=x.device).manual_seed(int(seed))
         ids = torch.arange(n, device=x.device)
         perm, pos = torch.randperm(n, generator=gen).to(x.device), 0
         prev = None
@@ -266,6 +277,8 @@ class DEC(nn.Module):
         if start is not None:
             opt.load_state_dict(start["opt"])
             gen.set_state(start["gen"])
+            if "agen" in start:
+                agen.set_state(start["agen"])
             it0, pos, refreshes = int(start["it"]), int(start["pos"]), int(start["refreshes"])
             perm, delta, losses = start["perm"].to(x.device), float(start["delta"]), list(start["losses"])
             prev = None if start["prev"] is None else start["prev"].to(x.device)
@@ -301,6 +314,7 @@ class DEC(nn.Module):
                         on_epoch(it, {"it": it, "pos": pos, "refreshes": refreshes, "perm": perm,
                                       "delta": delta, "losses": list(losses), "prev": prev,
                                       "opt": opt.state_dict(), "gen": gen.get_state(),
+                                      "agen": agen.get_state(),
                                       "target_bank": self.head._target_bank,
                                       "target_valid": self.head._target_valid,
                                       "cached_target": self.head._cached_target})
@@ -310,16 +324,18 @@ class DEC(nn.Module):
                     perm, pos = torch.randperm(n, generator=gen).to(x.device), 0
                 idx = perm[pos:pos + batch_size]
                 pos += batch_size
+                xb = x[idx] if augment is None else augment(x[idx], agen)
                 if world == 1:
-                    loss = self.head(self.encoder(x[idx]), update_target=False, index=idx)
+                    loss = self.head(self.encoder(xb), update_target=False, index=idx)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
                 else:
-                    nb, idx = idx.shape[0], idx[distributed.shard(idx.shape[0])]
+                    nb, sl = idx.shape[0], distributed.shard(idx.shape[0])
+                    idx, xb = idx[sl], xb[sl]
                     opt.zero_grad(set_to_none=True)
                     if idx.shape[0]:
-                        loss = self.head(self.encoder(x[idx]), update_target=False, index=idx)
+                        loss = self.head(self.encoder(xb), update_target=False, index=idx)
                         loss = loss * (idx.shape[0] / nb)
                         loss.backward()
                     else:
@@ -348,10 +364,14 @@ def _scale(x: Tensor, is_image: bool) -> Tensor:
     return (x - x.mean(0)) / x.std(0).clamp_min(1e-8)
 
 
-def _defaults(n: int, d: int) -> dict:
-    """Architecture and schedule by input size; the paper's network for large inputs."""
+def _defaults(n: int, d: int, image_shape=None) -> dict:
+    """Architecture and schedule by input size; the paper's network for large inputs, and
+    DEC-DA's augmented training for images of at least 16 x 16 pixels."""
     hidden = (128, 128, 512) if d <= 100 else (500, 500, 2000)  # small d: seconds on a CPU
-    return dict(hidden=hidden, latent=10, pretrain_epochs=200, fit_epochs=60, noise=0.5)
+    if image_shape is not None and min(image_shape[1:]) >= 16:
+        return dict(hidden=hidden, latent=10, pretrain_epochs=40, fit_epochs=30, noise=0.0,
+                    augment=affine_rows(image_shape))
+    return dict(hidden=hidden, latent=10, pretrain_epochs=200, fit_epochs=60, noise=0.5, augment=None)
 
 
 def cli_fit(data, config) -> dict:
@@ -365,7 +385,12 @@ def cli_fit(data, config) -> dict:
     restarts on the embeddings; DEC training with Adam (lr 1e-3, batch 256) for at most 60
     epochs, target refreshed every ``update_interval = ceil(N / 256)`` iterations (one epoch),
     stopping below 0.1% changed labels. ``config.epochs`` sets both the pretraining and the
-    DEC epochs.
+    DEC epochs. Images of 16 x 16 pixels or more (USPS, MNIST) train as DEC-DA (Guo et al.,
+    ACML 2018, "Deep Embedded Clustering with Data Augmentation"): every batch of both phases
+    randomly shifted (+-8%), rotated (+-10 deg) and zoomed (0.9-1.1) instead of noised, the
+    target ``P`` from the clean images, 40 pretraining and at most 30 DEC epochs (2-3 minutes
+    on 2 CPU cores for USPS); without it the paper's recipe needs its 200 pretraining epochs,
+    some 10 minutes on this CPU, and still gave less (DEC-DA's authors report the same gap).
 
     With ``config.checkpoint`` a checkpoint is written after every pretraining epoch and every
     target refresh (one epoch) with the model, the optimiser, the generators, the cached
@@ -398,7 +423,7 @@ def cli_fit(data, config) -> dict:
     else:  # computed before the main loop: restored, not redone
         kmeans_pred = saved["kmeans_pred"].to(dev)
     x = _scale(x_raw, data.is_image)
-    cfg = _defaults(n, d)
+    cfg = _defaults(n, d, data.image_shape if data.is_image else None)
     pre_epochs = cfg["pretrain_epochs"] if config.epochs is None else config.epochs
     fit_epochs = cfg["fit_epochs"] if config.epochs is None else config.epochs
     torch.manual_seed(config.seed)
@@ -418,7 +443,7 @@ def cli_fit(data, config) -> dict:
             save({"phase": "pretrain", "epoch": epoch}, loop, pre_before + time.perf_counter() - t0)
 
         model.pretrain(x, epochs=pre_epochs, noise=cfg["noise"], noise_type="gaussian",
-                       seed=config.seed, progress=config.progress,
+                       seed=config.seed, augment=cfg["augment"], progress=config.progress,
                        start=saved["loop"] if phase == "pretrain" else None,
                        on_epoch=on_pretrain if ck.enabled else None)
         pretrain_seconds = pre_before + time.perf_counter() - t0
@@ -431,7 +456,7 @@ def cli_fit(data, config) -> dict:
         save({"phase": "fit", "iteration": it}, loop, pretrain_seconds)
 
     model.fit(x, epochs=fit_epochs, update_interval=math.ceil(n / 256), lr=1e-3,
-              optimizer="adam", seed=config.seed, progress=config.progress,
+              optimizer="adam", seed=config.seed, progress=config.progress, augment=cfg["augment"],
               start=saved["loop"] if phase == "fit" else None, on_epoch=on_fit if ck.enabled else None)
     pred = model.predict(x)
     return {"pred": pred.cpu().numpy(), "kmeans_pred": kmeans_pred.cpu().numpy(),

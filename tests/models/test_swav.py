@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
 import deepclust.models.swav as swav_mod
+from deepclust.models._images import ImageMLP
 from deepclust.data import augment as A
 from deepclust.models.base import FitConfig, LossOutput
 from deepclust.models.swav import SwAV
@@ -49,7 +50,7 @@ def test_loss_falls_in_20_steps_and_model_is_the_functional_loss():
 
     d = load_digits()
     x = d.x[:256].reshape(-1, 1, 8, 8)
-    model = SwAV(swav_mod._MLPBackbone((1, 8, 8), 64), 64, n_prototypes=30, proj_hidden=64,
+    model = SwAV(ImageMLP((1, 8, 8), 64), 64, n_prototypes=30, proj_hidden=64,
                  proj_dim=32, freeze_prototypes_niters=0)
     # the model's loss is swav_loss of the prototype scores of its normalised embeddings
     crops = A.multi_crop(x[:40], generator=torch.Generator().manual_seed(1))

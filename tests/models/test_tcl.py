@@ -8,13 +8,14 @@ from deepclust.data.datasets import Dataset, load_digits, make_blobs
 from deepclust.metrics import cluster_acc
 from deepclust.models import TCL
 from deepclust.models import tcl as T
+from deepclust.models._images import SmallCNN
 from deepclust.models.base import FitConfig, LossOutput
 
 
 
 def _model(impl="torch", k=10):
     torch.manual_seed(0)
-    return TCL(T._SmallCNN(1, 8, 8, feat_dim=32), 32, k, instance_dim=16, impl=impl)
+    return TCL(SmallCNN(1, 8, 8, feat_dim=32), 32, k, instance_dim=16, impl=impl)
 
 
 def _digits(n=64):
