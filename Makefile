@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 # GPU machine: its provisioned python3 already has torch, triton, PyG and pytest.
 GPU_PYTHON ?= python3
 
-.PHONY: venv demo test test-gpu bench bench-gpu ctest gpu-compile clean
+.PHONY: venv demo test test-gpu bench bench-gpu ctest gpu-compile clean results results-run
 
 $(STAMP): pyproject.toml setup.py requirements-dev.txt $(wildcard csrc/*) $(wildcard kernels/*)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,17 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
+
+# The README's results table. `results-run` runs every recipe of bench/models.py (two at a time,
+# one thread each; about 1.5 hours on 2 CPU cores) into bench/results/models and regenerates the
+# table; `results` re-runs every recorded result and holds it to its file (tests/results, marked
+# slow/data/results, deselected in `make test`). Narrow either with ONLY=, e.g. ONLY=usps.
+results: $(STAMP)
+	$(PY) -m pytest -n 2 --dist loadgroup --results tests/results $(if $(ONLY),-k "$(ONLY)") $(PYTEST_ARGS)
+
+results-run: $(STAMP)
+	$(PY) -m bench.models --jobs 2 $(if $(ONLY),--only $(ONLY))
+	$(VENV)/bin/deepclust report
 
 # On a GPU machine: install nothing but the project, run the suite compiled on CUDA.
 test-gpu:

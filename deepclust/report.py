@@ -52,8 +52,10 @@ def _read_json(path: Path) -> dict:
             obj = json.load(f)
     except (OSError, ValueError) as exc:
         raise ReportError(f"{path}: not a readable JSON file ({exc})") from None
-    if not isinstance(obj, dict) or not {"method", "data", "acc"} <= set(obj):
-        raise ReportError(f"{path}: not the JSON of `deepclust fit --json` (no method/data/acc)")
+    if not isinstance(obj, dict) or not ({"method", "data", "acc"} <= set(obj)
+                                         or {"method", "source", "target", "acc", "acc_source_only"} <= set(obj)):
+        raise ReportError(f"{path}: not the JSON of `deepclust fit --json` (no method/data/acc) "
+                          "or of `deepclust adapt --json` (no method/source/target/acc)")
     return obj
 
 
@@ -84,25 +86,81 @@ def _seconds(values: Sequence[float]) -> str:
     return f"{m:.0f}" if m >= 10 else f"{m:.1f}"
 
 
-def models_table(paths: Iterable) -> str:
-    """Markdown table of ``deepclust fit --json`` results, grouped over seeds."""
+# Published ACC beside ours: (method, data) -> (ACC, note key). Only figures read in their
+# source; the notes under the table name each source.
+PUBLISHED = {
+    ("daegc", "cora"): ("0.704", "a"), ("daegc", "citeseer"): ("0.672", "a"),
+    ("daegc", "amap"): ("0.760", "b"),
+    ("dec", "usps"): ("0.764", "c"), ("dec", "pendigits"): ("0.688", "d"),
+}
+PYAGC = {("daegc", "cora"): "0.641", ("daegc", "amap"): "0.778"}
+NOTES = {
+    "a": "DAEGC paper (Wang et al., IJCAI 2019)",
+    "b": "DAEGC as reported in later deep graph clustering benchmarks (e.g. Ju et al., ICLR 2026, "
+         "appendix Table 9: 75.96 +- 0.23)",
+    "c": "DEC, mean of 10 trials of its first author's Keras code (XifengGuo/DEC-keras README); "
+         "the IDEC paper's DEC row is quoted there as 0.741",
+    "d": "DEC on Pendigits in XifengGuo/IDEC-toy's README (that code's runs, not a paper)",
+}
+PYAGC_NOTE = ("PyAGC: its benchmark tables (Cloudy1225/PyAGC, `benchmark/results`), DAEGC row; "
+              "PyAGC has no CiteSeer, ACM, DBLP or Wiki and no DEC/SwAV/TCL/PCL rows")
+
+
+def _group(records, key):
     groups: Dict[tuple, List[dict]] = OrderedDict()
-    for p in sorted(Path(x) for x in paths):
-        r = _read_json(p)
-        key = (str(r["method"]), str(r["data"]), str(r.get("device", "")), str(r.get("impl", "")),
-               r.get("epochs"), int(r.get("world_size", 1) or 1))
-        groups.setdefault(key, []).append(r)
-    lines = ["| method | data | seeds | ACC | NMI | ARI | F1 | seconds per seed | device |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        groups.setdefault(key(r), []).append(r)
+    return groups
+
+
+def models_table(paths: Iterable) -> str:
+    """Markdown tables of ``deepclust fit --json`` results grouped over seeds (with the
+    published figures beside them), then of ``deepclust adapt --json`` results when any."""
+    records = [_read_json(Path(p)) for p in sorted(Path(x) for x in paths)]
+    fits = [r for r in records if "target" not in r]
+    adapts = [r for r in records if "target" in r]
+    groups = _group(fits, lambda r: (str(r["method"]), str(r["data"]), str(r.get("device", "")),
+                                     str(r.get("impl", "")), r.get("epochs"), int(r.get("world_size", 1) or 1)))
+    lines = ["| method | data | seeds | ACC | NMI | ARI | F1 | published ACC | PyAGC ACC | seconds per seed | device |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    used = []
     for (method, data, device, impl, _epochs, world), rs in sorted(
-            groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2], kv[0][3])):
+            groups.items(), key=lambda kv: (kv[0][1], kv[0][0] != "kmeans", kv[0][0], kv[0][2], kv[0][3])):
         name = METHOD_NAMES.get(method, method)
         if impl and impl != "auto":
             name += f" ({impl} path)"
         dev = device + (f" x {world} processes" if world > 1 else "")
+        pub = PUBLISHED.get((method, data))
+        if pub and pub[1] not in used:
+            used.append(pub[1])
         cells = [name, DATA_NAMES.get(data, data), _seeds([r.get("seed") for r in rs])]
         cells += [_mean_sd([r.get(k) for r in rs]) for k in ("acc", "nmi", "ari", "f1")]
+        cells += [f"{pub[0]} ({pub[1]})" if pub else "-", PYAGC.get((method, data), "-")]
         cells += [_seconds([r.get("seconds") for r in rs]), dev]
+        lines.append("| " + " | ".join(cells) + " |")
+    notes = [f"({k}) {NOTES[k]}." for k in sorted(used)]
+    if any((m, d) in PYAGC for m, d, *_ in groups):
+        notes.append(PYAGC_NOTE + ".")
+    out = "\n".join(lines) + ("\n\n" + "  \n".join(notes) if notes else "")
+    if adapts:
+        out += "\n\n" + adapt_table(adapts)
+    return out
+
+
+def adapt_table(records: Sequence[dict]) -> str:
+    """Markdown table of ``deepclust adapt --json`` results, grouped over seeds."""
+    groups = _group(records, lambda r: (str(r["method"]), str(r["source"]), str(r["target"]),
+                                        str(r.get("device", ""))))
+    lines = ["| method | source -> target | seeds | source-only ACC | adapted ACC (online) | "
+             "gain | adapted model, afterwards | seconds per seed | device |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for (method, src, tgt, device), rs in sorted(groups.items()):
+        gain = [float(r["acc"]) - float(r["acc_source_only"]) for r in rs]
+        cells = [METHOD_NAMES.get(method, method),
+                 f"{DATA_NAMES.get(src, src)} -> {DATA_NAMES.get(tgt, tgt)}",
+                 _seeds([r.get("seed") for r in rs]), _mean_sd([r.get("acc_source_only") for r in rs]),
+                 _mean_sd([r.get("acc") for r in rs]), _mean_sd(gain), _mean_sd([r.get("acc_after") for r in rs]),
+                 _seconds([r.get("seconds") for r in rs]), device]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -275,7 +333,8 @@ def render_sections(results_dir) -> Dict[str, str]:
     rel = _display(root)
     if jsons:
         results = (f"Generated by `deepclust report` from `{rel}/models/*.json` (the JSON of "
-                   "`deepclust fit ... --json`); mean +- standard deviation over the seeds.\n\n"
+                   "`deepclust fit/adapt ... --json`, written by `python -m bench.models`); mean "
+                   "+- standard deviation over the seeds.\n\n"
                    + models_table(jsons))
     else:
         results = f"No model results in `{rel}/models/` yet."

@@ -27,7 +27,19 @@ DATA_ROOT = Path(os.environ.get("DEEPCLUST_DATA", REPO.parent / "shared" / "data
 HAS_CUDA = torch.cuda.is_available()
 
 
+def pytest_addoption(parser):
+    parser.addoption("--results", action="store_true",
+                     help="run the tests marked `results` (re-running every recorded result; "
+                          "`make results`), which are deselected otherwise")
+
+
 def pytest_collection_modifyitems(config, items):
+    if not config.getoption("--results"):
+        keep = [it for it in items if "results" not in it.keywords]
+        gone = [it for it in items if "results" in it.keywords]
+        if gone:
+            config.hook.pytest_deselected(items=gone)
+            items[:] = keep
     skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
     skip_data = pytest.mark.skip(reason=f"data folder {DATA_ROOT} is absent")
     for item in items:

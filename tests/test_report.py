@@ -86,12 +86,31 @@ def test_report_writes_the_tables_and_keeps_the_prose(tmp_path, capsys):
     assert "| `dec_loss` | full | float32 | N=256, K=10, d=10 | 5.12 s, 445 MB | 10.2 s, 2250 MB |" in bench
     assert "pyagc OOM" in bench and "triton 0.432 ms, 0.25 MB" in bench
     results = rep._split(text, "results")[1]
-    assert "| DEC | digits | 0-2 | 0.720 +- 0.020 | 0.600 +- 0.000 | 0.500 +- 0.000 | 0.700 +- 0.000 | 21 | cpu |" in results
+    assert ("| DEC | digits | 0-2 | 0.720 +- 0.020 | 0.600 +- 0.000 | 0.500 +- 0.000 | 0.700 +- 0.000 "
+            "| - | - | 21 | cpu |") in results
     # in step: --check agrees, a second run changes nothing
     assert main(["report", "--results", str(res), "--readme", str(readme), "--check"]) == 0
     assert main(["report", "--results", str(res), "--readme", str(readme)]) == 0
     assert readme.read_text() == text
     assert "already up to date" in capsys.readouterr().out
+
+
+def test_published_figures_and_adaptation_table(tmp_path):
+    res, _ = _fixture(tmp_path)
+    for seed, acc in enumerate((0.69, 0.71)):
+        (res / "models" / f"daegc_cora_seed{seed}.json").write_text(json.dumps(
+            {"acc": acc, "nmi": 0.5, "ari": 0.4, "f1": 0.6, "seconds": 20.0, "device": "cpu",
+             "method": "daegc", "data": "cora", "seed": seed, "impl": "auto"}))
+    for seed, (so, acc, after) in enumerate(((0.90, 0.93, 0.94), (0.92, 0.93, 0.91))):
+        (res / "models" / f"tsd_mnist-test-to-usps_seed{seed}.json").write_text(json.dumps(
+            {"acc_source_only": so, "acc": acc, "acc_after": after, "seconds": 100.0, "device": "cpu",
+             "method": "tsd", "source": "mnist-test", "target": "usps", "seed": seed}))
+    text = rep.render_sections(res)["results"]
+    assert "| DAEGC | Cora | 0, 1 | 0.700 +- 0.014 | 0.500 +- 0.000 | 0.400 +- 0.000 | 0.600 +- 0.000 | 0.704 (a) | 0.641 | 20 | cpu |" in text
+    assert "(a) DAEGC paper" in text and "PyAGC: its benchmark tables" in text
+    assert "| TSD | MNIST-test -> USPS | 0, 1 | 0.910 +- 0.014 | 0.930 +- 0.000 | 0.020 +- 0.014 | 0.925 +- 0.021 | 100 | cpu |" in text
+    # the digits row has no published figure, and no note is printed for it
+    assert "(c)" not in text
 
 
 def test_check_fails_when_a_file_changes(tmp_path, capsys):

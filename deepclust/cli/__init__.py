@@ -2,7 +2,9 @@
 
 ``deepclust fit METHOD --data NAME [--root DIR] [--seed N] [--device cpu|cuda] [--epochs N]
 [--impl auto|triton|torch] [--json PATH] [--no-progress]`` trains METHOD on a data set and prints
-ACC/NMI/ARI/F1 and the seconds it took. ``deepclust check`` runs every fused op against its
+ACC/NMI/ARI/F1 and the seconds it took. ``deepclust adapt tsd --source NAME --target NAME``
+trains a classifier on the labelled source images and adapts it at test time (TSD) on the
+unlabelled target stream. ``deepclust check`` runs every fused op against its
 eager reference on this device (forward and backward, every dtype, bounds earned against
 float64) and exits 0 only when all pass. ``deepclust bench`` runs the benchmark scripts of
 ``bench/`` (CSV rows, PNG plots, a markdown table); ``deepclust report`` writes the README's
@@ -12,7 +14,7 @@ loss against the eager reference, a quick ``check`` and a quick ``bench``. Progr
 only on a terminal (and never with ``--no-progress``). Errors are one line on stderr and a
 non-zero exit.
 
-One private module per command (``_fit``, ``_demo``, ``_check``, ``_bench``, ``_report``): its
+One private module per command (``_fit``, ``_adapt``, ``_demo``, ``_check``, ``_bench``, ``_report``): its
 arguments (``add_parser``), its function and ``run(args) -> exit status``; ``_util`` holds what
 they share.
 """
@@ -21,7 +23,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import _bench, _check, _demo, _fit, _report
+from . import _adapt, _bench, _check, _demo, _fit, _report
+from ._adapt import adapt
 from ._bench import bench
 from ._check import check
 from ._demo import demo
@@ -29,11 +32,11 @@ from ._fit import METHODS, PARALLEL_METHODS, fit
 from ._report import report
 from ._util import CLIError
 
-__all__ = ["main", "fit", "demo", "check", "bench", "report", "CLIError", "METHODS",
+__all__ = ["main", "fit", "adapt", "demo", "check", "bench", "report", "CLIError", "METHODS",
            "PARALLEL_METHODS"]
 
 # command -> its module, in the order of `deepclust --help`
-_COMMANDS = {"fit": _fit, "demo": _demo, "check": _check, "bench": _bench, "report": _report}
+_COMMANDS = {"fit": _fit, "adapt": _adapt, "demo": _demo, "check": _check, "bench": _bench, "report": _report}
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -189,7 +189,8 @@ def fit(method: str, data_name: str, *, root=None, seed=0, device="cpu", epochs=
     res = evaluate(data.y, pred)
     res.update(seconds=round(seconds, 3), device=str(dev), method=method, data=data.name,
                seed=seed, impl=impl, n=int(data.x.shape[0]), n_clusters=data.n_clusters,
-               world_size=world)
+               world_size=world, epochs=epochs, threads=torch.get_num_threads(),
+               torch=torch.__version__)
     if extra:
         res["extra"] = extra
     return res

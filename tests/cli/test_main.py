@@ -13,7 +13,7 @@ def test_help_lists_the_commands_in_order(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--help"])
     assert exc.value.code == 0
-    assert "{fit,demo,check,bench,report}" in capsys.readouterr().out
+    assert "{fit,adapt,demo,check,bench,report}" in capsys.readouterr().out
 
 
 def test_console_script_runs():

@@ -94,3 +94,47 @@ def test_bad_model():
         TSD(nn.Linear(2, 3))
     with pytest.raises(TypeError, match="classifier"):
         TSD(nn.Sequential(nn.Linear(2, 3), nn.ReLU()))
+
+
+# ----------------------------------------------------------------------------- digit shift recipe
+def _tiny_images(name, n, size, seed, shift=0.0):
+    """Two classes of blurred strokes (vertical vs horizontal bar) as an image Dataset."""
+    from deepclust.data.datasets import Dataset
+
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 2, (n,), generator=g)
+    x = torch.zeros(n, 1, size, size)
+    c = size // 2 + int(shift * size)
+    for i in range(n):
+        w = 1 + int(torch.randint(0, 2, (1,), generator=g))
+        if y[i] == 0:
+            x[i, 0, :, c - w:c + w] = 1.0
+        else:
+            x[i, 0, c - w:c + w, :] = 1.0
+    x = (x + 0.1 * torch.rand(x.shape, generator=g)).clamp(0, 1)
+    return Dataset(x.reshape(n, -1), y, name, image_shape=(1, size, size))
+
+
+def test_cli_adapt_source_and_target_accuracies():
+    from deepclust.models.base import FitConfig
+    from deepclust.models.tsd import DigitNet, cli_adapt
+
+    src = _tiny_images("src", 256, 12, 0)
+    tgt = _tiny_images("tgt", 192, 8, 1, shift=0.1)  # smaller: resized up to 12 x 12
+    res = cli_adapt(src, tgt, FitConfig(seed=0, progress=False, epochs=3), batch_size=32)
+    assert res["acc_source"] > 0.95
+    for key in ("acc_source_only", "acc", "acc_after"):
+        assert 0.0 <= res[key] <= 1.0
+    assert res["acc"] > 0.8  # two easy classes stay recognisable after the resize
+    net = DigitNet(10)
+    assert net(torch.rand(4, 1, 28, 28)).shape == (4, 10)
+    assert net(torch.rand(4, 1, 16, 16)).shape == (4, 10)
+
+
+def test_cli_adapt_needs_images():
+    from deepclust.data.datasets import make_blobs
+    from deepclust.models.base import FitConfig
+    from deepclust.models.tsd import cli_adapt
+
+    with pytest.raises(ValueError, match="image"):
+        cli_adapt(make_blobs(100), _tiny_images("t", 64, 8, 0), FitConfig(progress=False))
