@@ -151,15 +151,16 @@ def adapt_table(records: Sequence[dict]) -> str:
     """Markdown table of ``deepclust adapt --json`` results, grouped over seeds."""
     groups = _group(records, lambda r: (str(r["method"]), str(r["source"]), str(r["target"]),
                                         str(r.get("device", ""))))
-    lines = ["| method | source -> target | seeds | source-only ACC | adapted ACC (online) | "
-             "gain | adapted model, afterwards | seconds per seed | device |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| method | source -> target | seeds | source-only ACC | test-batch BN statistics only | "
+             "adapted ACC (online) | gain over source-only | adapted model, afterwards | "
+             "seconds per seed | device |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for (method, src, tgt, device), rs in sorted(groups.items()):
         gain = [float(r["acc"]) - float(r["acc_source_only"]) for r in rs]
         cells = [METHOD_NAMES.get(method, method),
                  f"{DATA_NAMES.get(src, src)} -> {DATA_NAMES.get(tgt, tgt)}",
                  _seeds([r.get("seed") for r in rs]), _mean_sd([r.get("acc_source_only") for r in rs]),
-                 _mean_sd([r.get("acc") for r in rs]), _mean_sd(gain), _mean_sd([r.get("acc_after") for r in rs]),
+                 _mean_sd([r.get("acc_bn_stats") for r in rs]) or "-", _mean_sd([r.get("acc") for r in rs]), _mean_sd(gain), _mean_sd([r.get("acc_after") for r in rs]),
                  _seconds([r.get("seconds") for r in rs]), device]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -138,3 +138,32 @@ def test_cli_adapt_needs_images():
 
     with pytest.raises(ValueError, match="image"):
         cli_adapt(make_blobs(100), _tiny_images("t", 64, 8, 0), FitConfig(progress=False))
+
+
+def test_configure_affine_trains_only_batch_norm():
+    from deepclust.models.tsd import DigitNet, configure_affine
+
+    net = DigitNet(3)
+    params = configure_affine(net)
+    bn = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert len(bn) == 3 and len(params) == 6
+    assert {id(p) for p in params} == {id(p) for p in net.parameters() if p.requires_grad}
+    assert all(m.running_mean is None and not m.track_running_stats for m in bn)
+    x = torch.rand(8, 1, 12, 12)
+    with torch.no_grad():
+        train_out = net(x)
+        net.eval()  # still the batch's own statistics
+        torch.testing.assert_close(net(x), train_out)
+        assert not torch.allclose(net(x[:4]), train_out[:4])  # another batch, other statistics
+
+
+def test_cli_adapt_update_all_and_bad_update():
+    from deepclust.models.base import FitConfig
+    from deepclust.models.tsd import cli_adapt
+
+    src, tgt = _tiny_images("src", 128, 12, 0), _tiny_images("tgt", 64, 12, 1)
+    res = cli_adapt(src, tgt, FitConfig(seed=0, progress=False, epochs=2), batch_size=32,
+                    update="all", lr=1e-5)
+    assert res["acc_bn_stats"] is None and 0.0 <= res["acc"] <= 1.0
+    with pytest.raises(ValueError, match="update"):
+        cli_adapt(src, tgt, FitConfig(seed=0, progress=False, epochs=1), update="bn")

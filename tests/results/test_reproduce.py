@@ -25,7 +25,8 @@ def _rerun(rec, root):
     if "target" in rec:
         res = adapt(rec["method"], rec["source"], rec["target"], root=root, seed=rec["seed"],
                     epochs=rec.get("epochs"), batch_size=rec["batch_size"], lr=rec["lr"],
-                    filter_k=rec["filter_k"], lam=rec["lam"], impl=rec.get("impl", "auto"))
+                    filter_k=rec["filter_k"], lam=rec["lam"], update=rec.get("update", "affine"),
+                    impl=rec.get("impl", "auto"))
         return res, ("acc_source_only", "acc")
     res = fit(rec["method"], rec["data"], root=root, seed=rec["seed"], epochs=rec.get("epochs"),
               impl=rec.get("impl", "auto"), progress=False)
