@@ -2,12 +2,11 @@
 shift (train on the labelled source, adapt on the unlabelled target stream)."""
 from __future__ import annotations
 
-import os
 import time
 
 from ..data.datasets import IMAGE_DATASETS
 from ._fit import _load_data
-from ._util import CLIError, check_device, json_target, write_json
+from ._util import CLIError, add_run_args, check_device, json_target, write_json
 
 ADAPT_METHODS = ("tsd",)
 
@@ -18,11 +17,7 @@ def add_parser(sub) -> None:
     a.add_argument("method", help=f"one of: {', '.join(ADAPT_METHODS)}")
     a.add_argument("--source", required=True, help=f"labelled image set, one of: {', '.join(IMAGE_DATASETS)}")
     a.add_argument("--target", required=True, help=f"unlabelled image set, one of: {', '.join(IMAGE_DATASETS)}")
-    a.add_argument("--root", default=os.environ.get("DEEPCLUST_DATA"),
-                   help="folder laid out like shared/data (default: $DEEPCLUST_DATA)")
-    a.add_argument("--seed", type=int, default=0)
-    a.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    a.add_argument("--epochs", type=int, default=None, help="source training epochs (default 8)")
+    add_run_args(a, "source training epochs (default 8)")
     a.add_argument("--batch-size", type=int, default=64, help="target images per adaptation step")
     a.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate of the adaptation")
     a.add_argument("--update", default="affine", choices=("affine", "all"),

@@ -6,7 +6,7 @@ import os
 import time
 
 from ..data.datasets import DATASETS, GRAPH_DATASETS, IMAGE_DATASETS
-from ._util import CLIError, check_device, progress_on, write_json
+from ._util import CLIError, add_run_args, check_device, progress_on, write_json
 
 # METHOD -> (module with cli_fit, data sets it accepts or None for all)
 METHODS = {
@@ -31,11 +31,7 @@ def add_parser(sub) -> None:
     f = sub.add_parser("fit", help="train a clustering method on a data set and evaluate it")
     f.add_argument("method", help=f"one of: {', '.join(METHODS)}")
     f.add_argument("--data", required=True, help=f"one of: {', '.join(DATASETS)}")
-    f.add_argument("--root", default=os.environ.get("DEEPCLUST_DATA"),
-                   help="folder laid out like shared/data (default: $DEEPCLUST_DATA)")
-    f.add_argument("--seed", type=int, default=0)
-    f.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    f.add_argument("--epochs", type=int, default=None, help="training epochs (method default if omitted)")
+    add_run_args(f, "training epochs (method default if omitted)")
     f.add_argument("--impl", default="auto", choices=("auto", "triton", "torch"),
                    help="op path: Triton kernels, eager torch, or auto (Triton on CUDA)")
     f.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON")

@@ -29,6 +29,15 @@ def check_device(device: str):
     return dev
 
 
+def add_run_args(p, epochs_help: str) -> None:
+    """The arguments every training command shares: --root, --seed, --device, --epochs."""
+    p.add_argument("--root", default=os.environ.get("DEEPCLUST_DATA"),
+                   help="folder laid out like shared/data (default: $DEEPCLUST_DATA)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--epochs", type=int, default=None, help=epochs_help)
+
+
 def progress_on(no_progress: bool = False) -> bool:
     """Progress bars: on unless --no-progress, and only when stderr is a terminal."""
     return not no_progress and sys.stderr.isatty()

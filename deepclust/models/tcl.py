@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from .._common import check_int, check_positive
 from ..ops.contrastive import cluster_contrastive_loss, instance_contrastive_loss
 from ..data.augment import strong_augment, weak_augment
-from ._images import ImageMLP, SmallCNN
+from ._images import ImageMLP
 from .base import FitConfig, LossOutput
 
 __all__ = ["TCL", "cli_fit"]

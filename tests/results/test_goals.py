@@ -3,7 +3,8 @@
 
 Image methods on USPS and MNIST-test: every method's mean ACC over its seeds at least 0.10 above
 k-means on the raw pixels, the best at least 0.15 above; DEC on USPS at least 0.76 and above
-k-means on Pendigits; DAEGC on CiteSeer at or above the paper's 0.672. The goals not met are
+k-means on Pendigits; DAEGC on Cora at 0.70 and on CiteSeer at or above the paper's 0.672;
+TSD at least 0.02 above the source-only accuracy on MNIST-test -> USPS. The goals not met are
 ``xfail(strict=True)`` with what was measured: they turn into failures the day they are met,
 so the mark must go then.
 """
@@ -46,8 +47,21 @@ def test_dec_usps_and_pendigits():
     assert _mean("dec_pendigits") > _mean("kmeans_pendigits")
 
 
+def test_daegc_cora_at_the_paper():
+    assert len(_runs("daegc_cora")) >= 5 and _mean("daegc_cora") >= 0.70
+
+
+@pytest.mark.xfail(strict=True, reason="CiteSeer 0.669 over seeds 0-4 with the recipe that "
+                   "brings Cora to 0.701 (paper 0.672; l1 rows give 0.682 but Cora 0.688)")
 def test_daegc_citeseer_at_the_paper():
     assert len(_runs("daegc_citeseer")) >= 5 and _mean("daegc_citeseer") >= 0.672
+
+
+def test_tsd_gains_on_mnist_to_usps():
+    runs = _runs("tsd_mnist-test-to-usps")
+    assert len(runs) >= 3
+    gain = statistics.mean(r["acc"] - r["acc_source_only"] for r in runs)
+    assert gain >= 0.02, gain
 
 
 def test_seeds_are_the_first_ones():
