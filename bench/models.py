@@ -23,7 +23,8 @@ OUT = REPO / "bench" / "results" / "models"
 DATA = Path(os.environ.get("DEEPCLUST_DATA", REPO.parent / "shared" / "data"))
 
 IMAGE_SEEDS = (0, 1, 2)
-GRAPH_SEEDS = (0, 1, 2, 3, 4)
+PAPER_GRAPH_SEEDS = (0, 1, 2, 3, 4)  # Cora and CiteSeer, held to the DAEGC paper's figures
+GRAPH_SEEDS = (0, 1, 2)
 
 # (file stem without the seed, deepclust arguments, seeds)
 RUNS = []
@@ -36,7 +37,8 @@ RUNS.append(("dec_pendigits", ["fit", "dec", "--data", "pendigits"], IMAGE_SEEDS
 for _src, _tgt in (("mnist-test", "usps"), ("usps", "mnist-test")):
     RUNS.append((f"tsd_{_src}-to-{_tgt}", ["adapt", "tsd", "--source", _src, "--target", _tgt], IMAGE_SEEDS))
 for _data in ("cora", "citeseer", "acm", "dblp", "amap", "wiki"):
-    RUNS.append((f"daegc_{_data}", ["fit", "daegc", "--data", _data], GRAPH_SEEDS))
+    RUNS.append((f"daegc_{_data}", ["fit", "daegc", "--data", _data],
+                 PAPER_GRAPH_SEEDS if _data in ("cora", "citeseer") else GRAPH_SEEDS))
 
 
 def commands(only=(), out: Path = OUT, root: Path = DATA):
