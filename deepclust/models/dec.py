@@ -27,7 +27,6 @@ Augment = Callable[[Tensor, torch.Generator], Tensor]  # (rows, generator) -> au
 
 def _bar(total, desc, progress):
     from tqdm.auto import tqdm
-
     return tqdm(total=total, desc=desc, disable=not progress, leave=False)
 
 
@@ -47,8 +46,7 @@ class DEC(nn.Module):
         labels = model.predict(x)
 
     Args:
-        n_features: input dimension ``d``.
-        n_clusters: number of clusters ``K``.
+        n_features, n_clusters: input dimension ``d``, number of clusters ``K``.
         hidden: hidden layer sizes of the encoder (default ``(500, 500, 2000)``).
         latent: embedding dimension (default 10).
         alpha: Student's t degrees of freedom (default 1).
@@ -112,15 +110,12 @@ class DEC(nn.Module):
         dropout); with ``noise_type="gaussian"`` ``noise * N(0, 1)`` is added to every input.
 
         Args:
-            x: data, ``(N, d)``.
-            epochs: passes over the data (default 200).
-            batch_size: mini-batch size (default 256).
-            lr: Adam learning rate (default 1e-3).
+            x, epochs, batch_size, lr: data ``(N, d)``, passes over it (default 200), mini-batch
+                size (default 256), Adam learning rate (default 1e-3).
             noise: input dropout probability, ``0 <= noise < 1`` (default 0.2), or the standard
                 deviation of the Gaussian noise, ``noise >= 0``.
-            weight_decay: Adam weight decay (default 0).
-            seed: seed of the batch shuffling.
-            progress: show a tqdm bar.
+            weight_decay, seed, progress: Adam weight decay (default 0), seed of the batch
+                shuffling, a tqdm bar.
             noise_type: ``"dropout"`` (default) or ``"gaussian"``.
             augment: ``augment(rows, generator) -> rows``, applied to every batch before the
                 noise; the augmented batch is then also the target (DEC-DA's pretraining).
@@ -229,11 +224,9 @@ class DEC(nn.Module):
             batch_size: mini-batch size (default 256, as in the paper).
             update_interval: iterations between target refreshes (default 140).
             tol: stopping threshold on the fraction of changed labels (default 0.001 = 0.1%).
-            lr: learning rate (default 0.01, the paper's SGD).
-            momentum: SGD momentum (default 0.9).
+            lr, momentum: learning rate (default 0.01) and momentum (0.9) of the paper's SGD.
             optimizer: ``"sgd"`` or ``"adam"``.
-            seed: seed of the batch shuffling.
-            progress: show a tqdm bar.
+            seed, progress: seed of the batch shuffling; a tqdm bar.
             augment: ``augment(rows, generator) -> rows``: the encoder sees every training
                 batch augmented while the target ``P`` comes from the clean data (DEC-DA).
             start: a loop state given to ``on_epoch`` by an earlier call (resume from it).
@@ -377,32 +370,26 @@ def _defaults(n: int, d: int, image_shape=None) -> dict:
 def cli_fit(data, config) -> dict:
     """``deepclust fit dec``: pretrain, k-means initialisation, DEC training, prediction.
 
-    Defaults (``config.epochs=None``): inputs scaled by :func:`_scale` (the paper's
-    ``||x||^2 / d ~ 1``); for ``d <= 100`` (digits, pendigits, blobs) a ``d-128-128-512-10``
-    autoencoder, else the paper's ``d-500-500-2000-10``; denoising pretraining with additive
-    Gaussian input noise of standard deviation 0.5 (in the scaled units, where a feature's RMS
-    is about 1) for 200 epochs of Adam (lr 1e-3, batch 256); centres from k-means with 20
-    restarts on the embeddings; DEC training with Adam (lr 1e-3, batch 256) for at most 60
-    epochs, target refreshed every ``update_interval = ceil(N / 256)`` iterations (one epoch),
-    stopping below 0.1% changed labels. ``config.epochs`` sets both the pretraining and the
-    DEC epochs. Images of 16 x 16 pixels or more (USPS, MNIST) train as DEC-DA (Guo et al.,
-    ACML 2018, "Deep Embedded Clustering with Data Augmentation"): every batch of both phases
-    randomly shifted (+-8%), rotated (+-10 deg) and zoomed (0.9-1.1) instead of noised, the
-    target ``P`` from the clean images, 40 pretraining and at most 30 DEC epochs (2-3 minutes
-    on 2 CPU cores for USPS); without it the paper's recipe needs its 200 pretraining epochs,
-    some 10 minutes on this CPU, and still gave less (DEC-DA's authors report the same gap).
+    Defaults (``config.epochs=None``; it sets both phases' epochs): inputs scaled by
+    :func:`_scale` (the paper's ``||x||^2 / d ~ 1``); a ``d-128-128-512-10`` autoencoder for
+    ``d <= 100`` (digits, pendigits, blobs), else the paper's ``d-500-500-2000-10``; denoising
+    pretraining, additive Gaussian input noise of standard deviation 0.5 (a feature's RMS is
+    about 1), 200 epochs of Adam (lr 1e-3, batch 256); centres from k-means with 20 restarts on
+    the embeddings; DEC training with Adam (lr 1e-3, batch 256) for at most 60 epochs, target
+    refreshed every ``ceil(N / 256)`` iterations (one epoch), stopping below 0.1% changed
+    labels. Images of 16 x 16 pixels or more (USPS, MNIST) train as DEC-DA (Guo et al., ACML
+    2018): every batch of both phases randomly shifted (+-8%), rotated (+-10 deg) and zoomed
+    (0.9-1.1) instead of noised, ``P`` from the clean images, 40 pretraining and at most 30 DEC
+    epochs (some 4 minutes on one CPU core for USPS); the paper's plain recipe needs its 200
+    pretraining epochs (some 10 minutes there) and gave less (USPS seed 0: 0.74 after 40).
 
-    With ``config.checkpoint`` a checkpoint is written after every pretraining epoch and every
-    target refresh (one epoch) with the model, the optimiser, the generators, the cached
-    targets, the loop counters and the k-means labels on the raw features; ``config.resume``
-    continues from it. Under ``torch.distributed`` the batches are sharded (see
-    :meth:`DEC.pretrain` and :meth:`DEC.fit`); every rank refreshes the target from all data.
+    Why: on the embedded digits Gaussian input noise gave steadier embeddings than dropout or
+    none, and Adam beat the paper's SGD for the DEC phase; single seeds vary by a few points.
 
-    Why this recipe: on the embedded digits, Gaussian input noise during pretraining gave better
-    and steadier embeddings than input dropout or none, and Adam for the DEC phase did better
-    than the paper's SGD; a run's quality is set by its pretrained embedding, so single seeds
-    vary by a few points. Measured results, with seeds and times, are the README's results
-    table (``deepclust report`` over ``bench/results/models/``).
+    ``config.checkpoint``: a checkpoint after every pretraining epoch and target refresh
+    (model, optimiser, generators, cached targets, loop counters, the k-means labels on the raw
+    features); ``config.resume`` continues from it. Under ``torch.distributed`` the batches are
+    sharded (:meth:`DEC.pretrain`, :meth:`DEC.fit`); every rank refreshes the target from all data.
 
     Returns:
         ``{"pred": labels, "kmeans_pred": k-means labels on the raw features,
