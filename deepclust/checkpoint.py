@@ -30,7 +30,7 @@ __all__ = ["FORMAT", "VERSION", "CheckpointError", "Checkpointer", "atomic_save"
            "validate", "capture_rng", "restore_rng", "generator_state", "set_generator_state"]
 
 FORMAT = "deepclust-fit-checkpoint"
-VERSION = 1
+VERSION = 2  # 2: TCL/PCL keep their LR scheduler, DEC its augmentation generator
 # header fields that must match for a resume (a different seed, schedule or op path would not
 # reproduce the uninterrupted run)
 _MATCH = ("method", "data", "seed", "epochs", "impl")

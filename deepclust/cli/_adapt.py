@@ -5,8 +5,7 @@ from __future__ import annotations
 import time
 
 from ..data.datasets import IMAGE_DATASETS
-from ._fit import _load_data
-from ._util import CLIError, add_run_args, check_device, json_target, write_json
+from ._util import CLIError, add_run_args, check_device, json_target, load_data, write_json
 
 ADAPT_METHODS = ("tsd",)
 
@@ -59,7 +58,7 @@ def adapt(method: str, source: str, target: str, *, root=None, seed=0, device="c
     if not lam >= 0:
         raise CLIError(f"--lam must be >= 0, got {lam}")
     dev = check_device(device)
-    src, tgt = _load_data(source, root), _load_data(target, root)
+    src, tgt = load_data(source, root), load_data(target, root)
     from ..models.tsd import cli_adapt
 
     config = FitConfig(seed=seed, device=str(dev), epochs=epochs, impl=impl, progress=False)

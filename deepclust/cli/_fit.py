@@ -6,7 +6,7 @@ import os
 import time
 
 from ..data.datasets import DATASETS, GRAPH_DATASETS, IMAGE_DATASETS
-from ._util import CLIError, add_run_args, check_device, progress_on, write_json
+from ._util import CLIError, add_run_args, check_device, load_data, progress_on, write_json
 
 # METHOD -> (module with cli_fit, data sets it accepts or None for all)
 METHODS = {
@@ -44,19 +44,6 @@ def add_parser(sub) -> None:
                    help="train data-parallel in N processes on this machine (dec, swav, tcl, pcl; "
                         "gloo on the CPU, NCCL with one GPU each on CUDA); torchrun works too")
     f.add_argument("--debug", action="store_true", help="show tracebacks")
-
-
-def _load_data(name: str, root):
-    from ..data import load
-
-    if name.lower() not in DATASETS:
-        raise CLIError(f"unknown data set {name!r}; choose from {', '.join(DATASETS)}")
-    if root is not None and not os.path.isdir(root):
-        raise CLIError(f"--root {root!r} is not a folder")
-    try:
-        return load(name, root)
-    except (FileNotFoundError, ValueError, ImportError) as exc:
-        raise CLIError(str(exc)) from None
 
 
 def _fit_kmeans(data, config) -> dict:
@@ -144,7 +131,7 @@ def fit(method: str, data_name: str, *, root=None, seed=0, device="cpu", epochs=
         raise CLIError(f"method {method!r} needs one of the data sets {', '.join(accepted)}; got {data_name!r}")
     _check_checkpoint_args(method, checkpoint, resume)
     _check_nproc(method, nproc, dev)
-    data = _load_data(data_name, root)
+    data = load_data(data_name, root)
     if resume:
         _validate_checkpoint(checkpoint, method=method, data=data.name, seed=seed, epochs=epochs,
                              impl=impl)

@@ -38,6 +38,21 @@ def add_run_args(p, epochs_help: str) -> None:
     p.add_argument("--epochs", type=int, default=None, help=epochs_help)
 
 
+def load_data(name: str, root):
+    """The data set ``name`` from ``root`` (see :func:`deepclust.data.load`), else a CLIError."""
+    from ..data import load
+    from ..data.datasets import DATASETS
+
+    if name.lower() not in DATASETS:
+        raise CLIError(f"unknown data set {name!r}; choose from {', '.join(DATASETS)}")
+    if root is not None and not os.path.isdir(root):
+        raise CLIError(f"--root {root!r} is not a folder")
+    try:
+        return load(name, root)
+    except (FileNotFoundError, ValueError, ImportError) as exc:
+        raise CLIError(str(exc)) from None
+
+
 def progress_on(no_progress: bool = False) -> bool:
     """Progress bars: on unless --no-progress, and only when stderr is a terminal."""
     return not no_progress and sys.stderr.isatty()

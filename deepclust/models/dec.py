@@ -270,8 +270,7 @@ class DEC(nn.Module):
         if start is not None:
             opt.load_state_dict(start["opt"])
             gen.set_state(start["gen"])
-            if "agen" in start:
-                agen.set_state(start["agen"])
+            agen.set_state(start["agen"])
             it0, pos, refreshes = int(start["it"]), int(start["pos"]), int(start["refreshes"])
             perm, delta, losses = start["perm"].to(x.device), float(start["delta"]), list(start["losses"])
             prev = None if start["prev"] is None else start["prev"].to(x.device)

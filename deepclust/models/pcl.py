@@ -242,21 +242,21 @@ def cli_fit(data, config: FitConfig = FitConfig()) -> dict:
     if image:
         x = images_of(data, dev)
         epochs = 60 if config.epochs is None else int(config.epochs)
-        enc, dim, r, lr = nn.Sequential(ImageMLP(data.image_shape, 256), nn.Linear(256, 128)), 128, 4096, 1e-3
+        enc, dim, r = nn.Sequential(ImageMLP(data.image_shape, 256), nn.Linear(256, 128)), 128, 4096
         views = lambda xb: (strong_augment(xb, g), strong_augment(xb, g))  # noqa: E731
     else:
         x = data.x.float().to(dev)
         x = (x - x.mean(0)) / (x.std(0) + 1e-6)
         epochs = 12 if config.epochs is None else int(config.epochs)
         d = x.shape[1]
-        enc, dim, r, lr = nn.Sequential(nn.Linear(d, 256), nn.BatchNorm1d(256), nn.ReLU(), nn.Linear(256, 64)), 64, 1024, 1e-3
+        enc, dim, r = nn.Sequential(nn.Linear(d, 256), nn.BatchNorm1d(256), nn.ReLU(), nn.Linear(256, 64)), 64, 1024
         views = lambda xb: (_augment(xb, g, 0.2, 0.2), _augment(xb, g, 0.2, 0.2))  # noqa: E731
     warmup, every, bs = min(6 if image else 5, max(epochs // 5, 0)), 2, min(256, n)
     model = PCL(enc, dim=dim, r=r, m=0.99, T=0.2, impl=config.impl,
                 generator=torch.Generator(device=dev).manual_seed(config.seed)).to(dev)
     world = distributed.world_size()
     model, sl = distributed.data_parallel(model, bs, "PCL")
-    opt = torch.optim.Adam(model.encoder_q.parameters(), lr=lr, weight_decay=1e-5 if image else 0.0)
+    opt = torch.optim.Adam(model.encoder_q.parameters(), lr=1e-3, weight_decay=1e-5 if image else 0.0)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, epochs * (n // bs))) if image else None
     num_clusters = [c for c in (k, 2 * k) if c <= n]
     clusters, last, e0 = None, {}, 0

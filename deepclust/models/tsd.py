@@ -132,7 +132,7 @@ def _common_size(source, target):
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
         return x.clamp(0, 1)
 
-    return resize(source), resize(target), size
+    return resize(source), resize(target)
 
 
 @torch.no_grad()
@@ -203,11 +203,11 @@ def cli_adapt(source, target, config, *, batch_size: int = 64, lr: float = 1e-3,
     dev = torch.device(config.device)
     torch.manual_seed(config.seed)
     g = torch.Generator().manual_seed(config.seed)
-    xs01, xt, _ = _common_size(source, target)
+    xs01, xt = _common_size(source, target)
     mean, std = float(xs01.mean()), float(xs01.std())
     xs, xt = ((v - mean) / std for v in (xs01, xt))
     ys, yt = source.y.long(), target.y.long()
-    k = int(max(int(ys.max()), int(yt.max())) + 1)
+    k = int(ys.max()) + 1  # the source's classes: the target's labels are for scoring only
     net = DigitNet(k, channels=xs.shape[1]).to(dev)
     epochs = source_epochs if source_epochs is not None else (config.epochs or 8)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)

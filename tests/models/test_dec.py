@@ -1,5 +1,7 @@
 """DEC model: API, target refresh over the whole data set, stopping rule, the Triton path, the
 CLI hook, and a short run on digits that beats k-means on the raw pixels."""
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -97,6 +99,33 @@ def test_epochs_sets_iterations(blobs):
     m.init_centers(blobs.x, n_init=1)
     info = m.fit(blobs.x, epochs=2, batch_size=50, update_interval=100, tol=0.0)
     assert info["iterations"] == 2 * 3
+
+
+def test_augment_reaches_both_phases_and_resumes(blobs):
+    """``augment`` sees every training batch of both phases (the target keeps the clean data),
+    and a fit resumed from a refresh's loop state repeats the uninterrupted one's augmentations."""
+    seen = []
+
+    def augment(rows, g):
+        seen.append(rows.shape[0])
+        return rows + 0.3 * torch.randn(rows.shape, generator=g)
+
+    m = _small()
+    m.pretrain(blobs.x, epochs=2, batch_size=50, augment=augment)
+    assert sum(seen) == 2 * blobs.x.shape[0]
+    seen.clear()
+    m.init_centers(blobs.x, n_init=1)
+    start = copy.deepcopy(m.state_dict())
+    states = []
+    m.fit(blobs.x, epochs=2, batch_size=50, update_interval=3, tol=0.0, augment=augment,
+          on_epoch=lambda it, st: states.append(copy.deepcopy(st)))
+    assert sum(seen) == 2 * blobs.x.shape[0]
+    full = m.head.cluster_centers.detach().clone()
+    mid = states[1]  # the loop state at the second refresh
+    m.load_state_dict(start)  # replay up to there, then resume from the loop state
+    m.fit(blobs.x, max_iter=mid["it"], batch_size=50, update_interval=3, tol=0.0, augment=augment)
+    m.fit(blobs.x, epochs=2, batch_size=50, update_interval=3, tol=0.0, augment=augment, start=mid)
+    torch.testing.assert_close(m.head.cluster_centers, full)
 
 
 def test_triton_path_runs(blobs, device):
